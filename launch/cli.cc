@@ -1,0 +1,76 @@
+#include "launch/cli.h"
+
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kernels/check.h"
+#include "launch/version.h"
+
+namespace fathom::launch {
+namespace {
+
+struct Subcommand {
+  std::string_view name;
+  std::string_view summary;
+  int (*run)(const std::vector<std::string>& args);
+};
+
+int run_version(const std::vector<std::string>& args) {
+  if (!args.empty()) {
+    std::fprintf(stderr, "fathom version: unexpected argument '%s'\n", args[0].c_str());
+    return 2;
+  }
+  for (const auto& [component, version] : version_report()) {
+    std::printf("%-14s %s\n", component.c_str(), version.c_str());
+  }
+  return 0;
+}
+
+const std::vector<Subcommand>& subcommands() {
+  static const std::vector<Subcommand> kSubcommands = {
+      {"version", "print library versions and whether a GPU is visible", run_version},
+  };
+  return kSubcommands;
+}
+
+void print_help(std::FILE* out) {
+  std::fprintf(out,
+               "fathom: train DeepSeek-V3-style MoE models, GRPO, distillation.\n\n"
+               "usage: fathom <command> [args]   (fathom <command> --help for details)\n\n"
+               "commands:\n");
+  for (const Subcommand& s : subcommands()) {
+    std::fprintf(out, "  %-10s %.*s\n", std::string(s.name).c_str(),
+                 static_cast<int>(s.summary.size()), s.summary.data());
+  }
+}
+
+}  // namespace
+
+int run_cli(int argc, char** argv) {
+  if (argc < 2) {
+    print_help(stderr);
+    return 2;
+  }
+  const std::string_view name = argv[1];
+  if (name == "--help" || name == "-h" || name == "help") {
+    print_help(stdout);
+    return 0;
+  }
+  for (const Subcommand& s : subcommands()) {
+    if (s.name != name) continue;
+    std::vector<std::string> args(argv + 2, argv + argc);
+    try {
+      return s.run(args);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "fathom %s: %s\n", argv[1], e.what());
+      return 1;
+    }
+  }
+  std::fprintf(stderr, "fathom: unknown command '%s' (see fathom --help)\n", argv[1]);
+  return 2;
+}
+
+}  // namespace fathom::launch

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels/check.h"
+#include "launch/demo_train.h"
 #include "launch/version.h"
 
 namespace fathom::launch {
@@ -31,6 +32,8 @@ int run_version(const std::vector<std::string>& args) {
 
 const std::vector<Subcommand>& subcommands() {
   static const std::vector<Subcommand> kSubcommands = {
+      {"demo", "train a tiny transformer on generated arithmetic with the kernels' ops",
+       demo_main},
       {"version", "print library versions and whether a GPU is visible", run_version},
   };
   return kSubcommands;

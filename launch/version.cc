@@ -4,6 +4,7 @@
 #include <hdf5.h>
 #include <mpi.h>
 
+#include "kernels/cpu_info.h"
 #include "kernels/cuda/runtime.h"
 #include "kernels/device.h"
 #if FATHOM_HAVE_NCCL
@@ -57,6 +58,13 @@ std::vector<std::pair<std::string, std::string>> version_report() {
   r.emplace_back("MPI", mpi_version());
   r.emplace_back("HDF5", hdf5_version());
   r.emplace_back("OpenBLAS", openblas_get_config());
+  const CpuFeatures cpu = cpu_features();
+  r.emplace_back("CPU", cpu.model_name + ", " + std::to_string(cpu.logical_cores) +
+                            " threads, BLAS core " + blas_core_name() + " (expected " +
+                            expected_blas_core(cpu) + ")");
+  if (const std::string warning = blas_core_warning(); !warning.empty()) {
+    r.emplace_back("WARNING", warning);
+  }
   const int gpus = cuda_device_count();
   std::string gpu = gpus == 0 ? "none visible" : std::to_string(gpus) + " visible";
   if (gpus > 0) gpu += " (" + cuda::device_name(0) + ")";

@@ -1,0 +1,170 @@
+// bench_ops: GB/s of the memory-bound ops (RMSNorm, SwiGLU, AdamW) next to the machine's
+// memory bandwidth measured in this run (a STREAM-style triad), and GFLOP/s of the fused linear
+// cross-entropy (its cost is the head GEMM). With --gpu: the same ops on the GPU, next to a
+// device-to-device copy.
+//
+// usage: bench_ops [--gpu] [--threads N] [--quick]
+#include <omp.h>
+
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "bench/bench_util.h"
+#include "kernels/ops.h"
+
+namespace fathom::bench {
+namespace {
+
+struct OpCase {
+  std::string name;
+  double bytes;  // bytes each call must move at least once
+  std::function<void()> run;
+};
+
+// a = b + s * c over arrays far larger than the caches; counts 3 arrays of traffic as STREAM does.
+double triad_gbps(int64_t n) {
+  std::vector<float> a(n), b(n, 1.0f), c(n, 2.0f);
+  auto run = [&] {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) a[i] = b[i] + 3.0f * c[i];
+  };
+  return 3.0 * n * sizeof(float) / median_seconds(run, 2, 10) / 1e9;
+}
+
+std::vector<OpCase> memory_bound_cases(Device device, int64_t rows, int64_t dim) {
+  const int64_t n = rows * dim;
+  std::vector<OpCase> cases;
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    const double e = static_cast<double>(dtype_size(dt));
+    const std::string suffix = std::string(" ") + std::string(dtype_name(dt));
+    Tensor x = random_tensor({rows, dim}, dt, 1).to(device);
+    Tensor x2 = random_tensor({rows, dim}, dt, 2).to(device);
+    Tensor dy = random_tensor({rows, dim}, dt, 3).to(device);
+    Tensor y = Tensor::empty({rows, dim}, dt, device);
+    Tensor dx = Tensor::empty({rows, dim}, dt, device);
+    Tensor dx2 = Tensor::empty({rows, dim}, dt, device);
+    Tensor w = random_tensor({dim}, DType::kF32, 4).to(device);
+    Tensor dw = Tensor::zeros({dim}, DType::kF32, device);
+    Tensor rstd = Tensor::empty({rows}, DType::kF32, device);
+    cases.push_back({"rmsnorm fwd" + suffix, 2 * n * e,
+                     [=]() mutable { rmsnorm_forward(x, w, 1e-6f, y, rstd); }});
+    cases.push_back({"rmsnorm bwd" + suffix, 3 * n * e, [=]() mutable {
+                       rmsnorm_backward(dy, x, w, rstd, dx, dw);
+                     }});
+    cases.push_back({"swiglu fwd" + suffix, 3 * n * e,
+                     [=]() mutable { swiglu_forward(x, x2, y); }});
+    cases.push_back({"swiglu bwd" + suffix, 5 * n * e, [=]() mutable {
+                       swiglu_backward(dy, x, x2, dx, dx2);
+                     }});
+  }
+  for (DType moments : {DType::kF32, DType::kBF16}) {
+    Tensor p = random_tensor({n}, DType::kF32, 5).to(device);
+    Tensor g = random_tensor({n}, DType::kF32, 6).to(device);
+    Tensor m = Tensor::zeros({n}, moments, device);
+    Tensor v = Tensor::zeros({n}, moments, device);
+    const double me = static_cast<double>(dtype_size(moments));
+    // reads p, g, m, v; writes p, m, v
+    cases.push_back({"adamw moments " + std::string(dtype_name(moments)), n * (12 + 4 * me),
+                     [=]() mutable { adamw_update(p, g, m, v, {.lr = 1e-4f}); }});
+  }
+  return cases;
+}
+
+void print_cases(const std::vector<OpCase>& cases, double bandwidth,
+                 const std::function<void()>& sync, double budget) {
+  std::printf("%-24s %10s %10s %9s\n", "op", "time ms", "GB/s", "of bw");
+  for (const OpCase& c : cases) {
+    const double once = median_seconds(c.run, 1, 1, sync);
+    const double t = median_seconds(c.run, 1, repeats_for(once, budget), sync);
+    const double gbps = c.bytes / t / 1e9;
+    std::printf("%-24s %10.3f %10.1f %8.0f%%\n", c.name.c_str(), t * 1e3, gbps,
+                100 * gbps / bandwidth);
+    std::fflush(stdout);
+  }
+}
+
+// ceiling_gflops <= 0: no ceiling measured for this device.
+void run_cross_entropy(Device device, DType dtype, int64_t tokens, int64_t dim, int64_t vocab,
+                       const std::function<void()>& sync, double budget, double ceiling_gflops) {
+  Tensor h = random_tensor({tokens, dim}, dtype, 7).to(device);
+  Tensor w = random_tensor({vocab, dim}, dtype, 8).to(device);
+  std::vector<int32_t> t(tokens);
+  for (int64_t i = 0; i < tokens; ++i) t[i] = static_cast<int32_t>((i * 7919) % vocab);
+  Tensor targets = Tensor::from_vector(t, {tokens}, device);
+  Tensor loss = Tensor::empty({tokens}, DType::kF32, device);
+  Tensor lse = Tensor::empty({tokens}, DType::kF32, device);
+  Tensor dloss = Tensor::empty({tokens}, DType::kF32, device);
+  fill(dloss, 1.0f / tokens);
+  Tensor dh = Tensor::empty({tokens, dim}, dtype, device);
+  Tensor dw = Tensor::zeros({vocab, dim}, DType::kF32, device);
+  auto fwd = [&] { fused_linear_cross_entropy_forward(h, w, targets, loss, lse); };
+  auto bwd = [&] { fused_linear_cross_entropy_backward(h, w, targets, lse, dloss, dh, dw); };
+  const double tf = median_seconds(fwd, 1, repeats_for(median_seconds(fwd, 0, 1, sync), budget), sync);
+  const double tb = median_seconds(bwd, 1, repeats_for(median_seconds(bwd, 0, 1, sync), budget), sync);
+  const double flop = 2.0 * tokens * vocab * dim;
+  std::printf("\nfused linear cross-entropy %s, T=%lld D=%lld V=%lld (logits never materialised)\n",
+              std::string(dtype_name(dtype)).c_str(), static_cast<long long>(tokens),
+              static_cast<long long>(dim), static_cast<long long>(vocab));
+  std::printf("%-24s %10s %10s %9s\n", "pass", "time ms", "GFLOP/s", "of ceil");
+  // forward: one GEMM; backward: recompute + two GEMMs.
+  for (auto [pass, seconds, passes] : {std::tuple{"forward", tf, 1.0}, {"backward", tb, 3.0}}) {
+    const double gf = passes * flop / seconds / 1e9;
+    if (ceiling_gflops > 0) {
+      std::printf("%-24s %10.2f %10.1f %8.0f%%\n", pass, seconds * 1e3, gf, 100 * gf / ceiling_gflops);
+    } else {
+      std::printf("%-24s %10.2f %10.1f %9s\n", pass, seconds * 1e3, gf, "-");
+    }
+  }
+}
+
+void run_cpu(bool quick) {
+  const double budget = quick ? 0.2 : 1.0;
+  const double bw = triad_gbps(int64_t{32} << 20);
+  const double ceiling = sgemm_ceiling_gflops(budget);
+  std::printf("# memory bandwidth (triad, %d threads): %.1f GB/s; sgemm ceiling %.1f GFLOP/s\n\n",
+              omp_get_max_threads(), bw, ceiling);
+  print_cases(memory_bound_cases(Device::cpu(), 8192, 2048), bw, nullptr, budget);
+  run_cross_entropy(Device::cpu(), DType::kF32, 1024, 512, 32768, nullptr, budget, ceiling);
+}
+
+void run_gpu() {
+  if (cuda::device_count() == 0) {
+    std::printf("\n# --gpu: no usable CUDA device, GPU section skipped\n");
+    return;
+  }
+  const Device gpu = Device::cuda(0);
+  auto sync = [] { cuda::synchronize(0); };
+  const int64_t n = int64_t{256} << 20;  // 1 GiB of f32
+  Tensor a = Tensor::empty({n}, DType::kF32, gpu), b = Tensor::zeros({n}, DType::kF32, gpu);
+  const double bw = 2.0 * n * 4 / median_seconds([&] { a.copy_from(b); }, 2, 10, sync) / 1e9;
+  std::printf("\n# GPU %s: device copy %.0f GB/s\n", cuda::device_name(0).c_str(), bw);
+  print_cases(memory_bound_cases(gpu, 32768, 7168), bw, sync, 1.0);
+  run_cross_entropy(gpu, DType::kBF16, 8192, 7168, 129280, sync, 1.0, /*ceiling_gflops=*/0);
+}
+
+}  // namespace
+}  // namespace fathom::bench
+
+int main(int argc, char** argv) {
+  bool gpu = false, quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--gpu")) {
+      gpu = true;
+    } else if (!std::strcmp(argv[i], "--quick")) {
+      quick = true;
+    } else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) {
+      fathom::set_cpu_threads(std::atoi(argv[++i]));
+    } else {
+      std::fprintf(stderr, "usage: bench_ops [--gpu] [--threads N] [--quick]\n");
+      return 2;
+    }
+  }
+  fathom::bench::print_header("bench_ops");
+  fathom::bench::run_cpu(quick);
+  if (gpu) fathom::bench::run_gpu();
+  return 0;
+}

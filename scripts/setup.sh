@@ -53,6 +53,8 @@ fi
 [[ $do_build -eq 1 ]] || exit 0
 
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
+# Paths relative to the checkout, so a fresh clone elsewhere (CI) reuses the cache.
+export CCACHE_BASEDIR="$repo"
 mkdir -p "$build_dir"
 cmake -S "$repo" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE="$build_type" -DFATHOM_CUDA="$cuda" \
   > "$build_dir/configure.log" 2>&1 || { cat "$build_dir/configure.log"; exit 1; }

@@ -7,48 +7,58 @@
 #include <string>
 
 #include "absl/strings/numbers.h"
+#include "data/tasks.h"
+#include "data/tokenizer.h"
 #include "kernels/ops.h"
 #include "kernels/threads.h"
 
 namespace fathom::launch {
 namespace {
 
-constexpr int64_t kVocab = 128;  // ASCII
+constexpr int64_t kVocab = data::Tokenizer::kBuiltinVocabSize;
 constexpr int32_t kIgnore = -1;
 constexpr float kNormEps = 1e-6f;
+constexpr int64_t kTrainProblems = 20000;
 
-// ---- Data: an endless stream of "a+b=c\n" problems, with a held-out split ----
+// ---- Data: verifiable arithmetic problems from data/, as one endless token stream ----
 
-bool is_held_out(int a, int b) { return (a + 3 * b) % 7 == 0; }
-
+// Each problem is "<|bos|>prompt<think>...</think><answer>result</answer><|eos|>"; the answer
+// digits are the tokens held-out accuracy is scored on.
 class ProblemStream {
  public:
-  ProblemStream(uint32_t seed, bool held_out) : rng_(seed), held_out_(held_out) {}
+  ProblemStream(data::Split split, uint64_t seed, int64_t count) {
+    data::TaskOptions options;
+    options.arithmetic.ops = "+-";
+    auto tasks = data::generate(data::TaskKind::kArithmetic, split, seed, count, options);
+    FATHOM_CHECK(tasks.ok()) << "demo: " << tasks.status().ToString();
+    const data::Tokenizer tokenizer;
+    for (const data::Task& task : *tasks) {
+      tokens_.push_back(data::Tokenizer::kBos);
+      const std::vector<int32_t> body = tokenizer.encode(task.prompt + task.target);
+      bool in_answer = false;
+      answer_.push_back(false);
+      for (int32_t id : body) {
+        if (id == data::Tokenizer::kAnswerEnd) in_answer = false;
+        tokens_.push_back(id);
+        answer_.push_back(in_answer);
+        if (id == data::Tokenizer::kAnswerBegin) in_answer = true;
+      }
+      tokens_.push_back(data::Tokenizer::kEos);
+      answer_.push_back(false);
+    }
+  }
 
-  // Next character and whether it belongs to an answer (after '=', up to and including '\n').
-  char next(bool* is_answer) {
-    if (pos_ == text_.size()) refill();
-    *is_answer = pos_ > equals_;
-    return text_[pos_++];
+  // Next token and whether it is part of an answer.
+  int32_t next(bool* is_answer) {
+    if (pos_ == tokens_.size()) pos_ = 0;
+    *is_answer = answer_[pos_];
+    return tokens_[pos_++];
   }
 
  private:
-  void refill() {
-    std::uniform_int_distribution<int> digits(0, 999);
-    int a, b;
-    do {
-      a = digits(rng_);
-      b = digits(rng_);
-    } while (is_held_out(a, b) != held_out_);
-    text_ = std::to_string(a) + "+" + std::to_string(b) + "=" + std::to_string(a + b) + "\n";
-    equals_ = text_.find('=');
-    pos_ = 0;
-  }
-
-  std::mt19937 rng_;
-  bool held_out_;
-  std::string text_;
-  size_t pos_ = 0, equals_ = 0;
+  std::vector<int32_t> tokens_;
+  std::vector<bool> answer_;
+  size_t pos_ = 0;
 };
 
 struct Batch {
@@ -57,20 +67,20 @@ struct Batch {
   int64_t scored = 0;
 };
 
-// B sequences of S next-character predictions. answers_only scores only answer characters.
+// B sequences of S next-token predictions. answers_only scores only answer tokens.
 Batch next_batch(ProblemStream& stream, int64_t batch, int64_t seq_len, bool answers_only) {
   std::vector<int32_t> ids(batch * seq_len), targets(batch * seq_len);
   Batch out;
   for (int64_t b = 0; b < batch; ++b) {
     bool answer = false;
-    char prev = stream.next(&answer);
+    int32_t prev = stream.next(&answer);
     for (int64_t t = 0; t < seq_len; ++t) {
-      const char c = stream.next(&answer);
+      const int32_t token = stream.next(&answer);
       ids[b * seq_len + t] = prev;
       const bool scored = !answers_only || answer;
-      targets[b * seq_len + t] = scored ? c : kIgnore;
+      targets[b * seq_len + t] = scored ? token : kIgnore;
       out.scored += scored;
-      prev = c;
+      prev = token;
     }
   }
   out.ids = Tensor::from_vector(ids, {batch * seq_len});
@@ -309,11 +319,11 @@ struct HeldOut {
 };
 
 HeldOut evaluate(TinyTransformer& model, const DemoConfig& c) {
-  ProblemStream stream(c.seed + 1000, /*held_out=*/true);
+  ProblemStream stream(data::Split::kHeldOut, c.seed, c.eval_problems);
   HeldOut r;
   int64_t batches = 0;
-  // Each batch covers about batch * seq_len / 12 problems.
-  const int64_t n = std::max<int64_t>(1, c.eval_problems * 12 / (c.batch * c.seq_len));
+  // A problem with its worked reasoning is about 100 tokens.
+  const int64_t n = std::max<int64_t>(1, c.eval_problems * 100 / (c.batch * c.seq_len));
   for (int64_t i = 0; i < n; ++i, ++batches) {
     Batch b = next_batch(stream, c.batch, c.seq_len, /*answers_only=*/true);
     r.loss += model.loss(b);
@@ -335,7 +345,7 @@ DemoResult run_demo(const DemoConfig& c, const std::function<void(const DemoStep
   result.loss_before = before.loss;
   result.accuracy_before = before.accuracy;
 
-  ProblemStream train(c.seed, /*held_out=*/false);
+  ProblemStream train(data::Split::kTrain, c.seed, kTrainProblems);
   std::vector<Param*> params = model.params();
   std::vector<Tensor*> grads;
   for (Param* p : params) grads.push_back(&p->grad);
@@ -354,7 +364,7 @@ DemoResult run_demo(const DemoConfig& c, const std::function<void(const DemoStep
     }
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    DemoStep s{step + 1, loss, grad_norm, lr, batch.ids.numel() / seconds};
+    DemoStep s{step + 1, loss, grad_norm, lr, batch.ids.numel() / seconds, seconds};
     result.steps.push_back(s);
     if (on_step) on_step(s);
   }
@@ -372,7 +382,7 @@ int demo_main(const std::vector<std::string>& args) {
     if (flag == "--help") {
       std::printf(
           "usage: fathom demo [--steps N] [--seed S] [--threads T]\n"
-          "Trains a tiny transformer on generated addition problems with the kernels' ops and\n"
+          "Trains a tiny transformer on generated arithmetic problems with the kernels' ops and\n"
           "reports the loss, throughput and held-out answer accuracy.\n");
       return 0;
     }
@@ -399,23 +409,20 @@ int demo_main(const std::vector<std::string>& args) {
               static_cast<long long>(c.n_layers), static_cast<long long>(c.dim),
               static_cast<long long>(c.n_heads), static_cast<long long>(c.batch),
               static_cast<long long>(c.seq_len), static_cast<long long>(c.steps), cpu_threads());
-  const auto start = std::chrono::steady_clock::now();
+  double train_seconds = 0;
   DemoResult r = run_demo(c, [&](const DemoStep& s) {
+    train_seconds += s.seconds;
     if (s.step % c.log_every != 0 && s.step != 1) return;
-    const double elapsed =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const double eta = elapsed / s.step * (c.steps - s.step);
+    const double eta = train_seconds / s.step * (c.steps - s.step);
     std::printf("step %5lld/%lld  loss %.4f  grad_norm %.3f  lr %.2e  %.0f tok/s  eta %.0fs\n",
                 static_cast<long long>(s.step), static_cast<long long>(c.steps), s.loss,
                 s.grad_norm, s.lr, s.tokens_per_s, eta);
     std::fflush(stdout);
   });
-  double tokens_per_s = 0;
-  for (const DemoStep& s : r.steps) tokens_per_s += s.tokens_per_s;
-  tokens_per_s /= std::max<size_t>(1, r.steps.size());
+  const double tokens_per_s = static_cast<double>(c.batch * c.seq_len * c.steps) / train_seconds;
   std::printf("held-out answer tokens: loss %.3f -> %.3f, accuracy %.1f%% -> %.1f%%\n",
               r.loss_before, r.loss_after, 100 * r.accuracy_before, 100 * r.accuracy_after);
-  std::printf("training: %.0f tokens/s mean, first loss %.3f, last loss %.3f\n", tokens_per_s,
+  std::printf("training: %.0f tokens/s, first loss %.3f, last loss %.3f\n", tokens_per_s,
               r.steps.front().loss, r.steps.back().loss);
   return r.loss_after < r.loss_before ? 0 : 1;
 }

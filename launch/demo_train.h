@@ -1,5 +1,6 @@
-// `fathom demo`: trains a tiny pre-norm transformer language model on generated addition
-// problems ("123+45=168\n"), built directly from the kernels' ops with a hand-written backward.
+// `fathom demo`: trains a tiny pre-norm transformer language model on generated arithmetic
+// problems with worked reasoning (data/tasks.h: "What is 347 + 29?<think>...</think>
+// <answer>376</answer>"), built directly from the kernels' ops with a hand-written backward.
 //
 // It is the project's end-to-end training run until the DeepSeek-V3 model and trainer exist
 // (model/, trainer/): every op with a backward (embedding, RMSNorm, GEMM, RoPE, causal attention,
@@ -36,11 +37,12 @@ struct DemoStep {
   double grad_norm;
   double lr;
   double tokens_per_s;
+  double seconds;  // wall time of the step
 };
 
 struct DemoResult {
   std::vector<DemoStep> steps;
-  // Held-out teacher-forced accuracy on the answer characters (after '='), before and after.
+  // Held-out teacher-forced accuracy on the answer tokens, before and after training.
   double accuracy_before = 0;
   double accuracy_after = 0;
   double loss_before = 0;  // held-out loss per answer token

@@ -23,7 +23,7 @@ done
 
 packages=(build-essential cmake ninja-build ccache pkg-config
           libopenmpi-dev openmpi-bin libhdf5-dev libabsl-dev libyaml-cpp-dev
-          libopenblas-dev libgtest-dev libgmock-dev)
+          libopenblas-openmp-dev libgtest-dev libgmock-dev)
 
 missing=()
 for p in "${packages[@]}"; do

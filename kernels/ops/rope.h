@@ -26,7 +26,7 @@ struct RopeConfig {
   int64_t dim = 64;  // rotated dims per head (even)
   float base = 10000.0f;
   RopeStyle style = RopeStyle::kInterleaved;
-  std::optional<YarnConfig> yarn;  // applied when set
+  std::optional<YarnConfig> yarn = std::nullopt;  // applied when set
 };
 
 struct RopeTable {

@@ -224,7 +224,9 @@ void axpy(float alpha, const Tensor& x, Tensor& y) {
     const T* xp = x.data<T>();
     T* yp = y.data<T>();
     parallel_blocks(x.numel(), [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) yp[i] = from_float<T>(to_float(yp[i]) + alpha * to_float(xp[i]));
+      for (int64_t i = b; i < e; ++i) {
+        yp[i] = from_float<T>(to_float(yp[i]) + alpha * to_float(xp[i]));
+      }
     });
   });
 }

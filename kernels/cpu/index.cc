@@ -1,5 +1,5 @@
 // CPU indexing ops (kernels/ops/index.h). The accumulating ops (embedding_backward,
-// scatter_add_rows) group the source rows by destination with a stable sort, then run the
+// scatter_add_rows) group the source rows by destination with a counting sort, then run the
 // destinations in parallel: each destination row is owned by one thread and receives its
 // contributions in increasing source order, so results are deterministic and race-free.
 #include <algorithm>
@@ -7,7 +7,6 @@
 #include <cstdint>
 #include <cstring>
 #include <numeric>
-#include <utility>
 #include <vector>
 
 #include "kernels/cpu/ops.h"
@@ -18,24 +17,26 @@ namespace {
 constexpr int64_t kParallelMin = 1 << 15;
 
 // Source rows grouped by destination: sources of group g are order[begin[g] .. begin[g + 1]),
-// increasing, all with destination dest[g].
+// increasing, all with destination dest[g]. A counting sort over the `bound` destinations, which
+// keeps sources in increasing order within a group.
 struct Groups {
   std::vector<int32_t> order;
   std::vector<int32_t> dest;
   std::vector<int64_t> begin;
 };
 
-Groups group_by_destination(const int32_t* index, int64_t n) {
-  std::vector<std::pair<int32_t, int32_t>> keyed(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) keyed[i] = {index[i], static_cast<int32_t>(i)};
-  std::sort(keyed.begin(), keyed.end());  // (destination, source) pairs are unique
+Groups group_by_destination(const int32_t* index, int64_t n, int64_t bound) {
+  std::vector<int64_t> start(static_cast<size_t>(bound) + 1, 0);
+  for (int64_t i = 0; i < n; ++i) ++start[index[i] + 1];
+  for (int64_t r = 0; r < bound; ++r) start[r + 1] += start[r];
   Groups g;
   g.order.resize(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) {
-    g.order[i] = keyed[i].second;
-    if (i == 0 || keyed[i].first != keyed[i - 1].first) {
-      g.dest.push_back(keyed[i].first);
-      g.begin.push_back(i);
+  std::vector<int64_t> cursor(start.begin(), start.end() - 1);
+  for (int64_t i = 0; i < n; ++i) g.order[cursor[index[i]]++] = static_cast<int32_t>(i);
+  for (int64_t r = 0; r < bound; ++r) {
+    if (start[r + 1] > start[r]) {
+      g.dest.push_back(static_cast<int32_t>(r));
+      g.begin.push_back(start[r]);
     }
   }
   g.begin.push_back(n);
@@ -55,8 +56,8 @@ void dispatch_float(DType dtype, F f) {
 // in f32 and added to out once, so a bf16 out is rounded once per call.
 template <typename X, typename O>
 void scatter_add_typed(const X* x, const int32_t* index, const float* scale, O* out, int64_t n,
-                       int64_t d) {
-  const Groups g = group_by_destination(index, n);
+                       int64_t rows, int64_t d) {
+  const Groups g = group_by_destination(index, n, rows);
   const int64_t groups = static_cast<int64_t>(g.dest.size());
 #pragma omp parallel if (groups > 1 && n * d >= kParallelMin)
   {
@@ -93,8 +94,7 @@ void gather_typed(const T* x, const int32_t* index, const float* scale, T* out, 
 }
 
 template <typename T>
-void row_dot_typed(const T* a, const int32_t* index, const T* b, float* out, int64_t n,
-                   int64_t d) {
+void row_dot_typed(const T* a, const int32_t* index, const T* b, float* out, int64_t n, int64_t d) {
 #pragma omp parallel for schedule(static) if (n > 1 && n * d >= kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
     const T* ar = a + static_cast<int64_t>(index[i]) * d;
@@ -133,7 +133,7 @@ void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) {
   dispatch_float(dout.dtype(), [&](auto tag) {
     using T = decltype(tag);
     scatter_add_typed(dout.data<T>(), ids.data<int32_t>(), nullptr, dtable.data<float>(),
-                      ids.numel(), d);
+                      ids.numel(), dtable.dim(0), d);
   });
 }
 
@@ -175,7 +175,8 @@ void scatter_add_rows(const Tensor& x, const Tensor& index, const Tensor& scale,
   const float* s = scale.defined() ? scale.data<float>() : nullptr;
   dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    scatter_add_typed(x.data<T>(), index.data<int32_t>(), s, out.data<T>(), index.numel(), d);
+    scatter_add_typed(x.data<T>(), index.data<int32_t>(), s, out.data<T>(), index.numel(),
+                      out.dim(0), d);
   });
 }
 
@@ -183,8 +184,8 @@ void gathered_row_dot(const Tensor& a, const Tensor& index, const Tensor& b, Ten
   const int64_t d = a.dim(1);
   dispatch_float(a.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    row_dot_typed(a.data<T>(), index.data<int32_t>(), b.data<T>(), out.data<float>(),
-                  index.numel(), d);
+    row_dot_typed(a.data<T>(), index.data<int32_t>(), b.data<T>(), out.data<float>(), index.numel(),
+                  d);
   });
 }
 

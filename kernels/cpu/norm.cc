@@ -39,8 +39,7 @@ void rmsnorm_forward_typed(const T* x, const float* w, float eps, T* y, float* r
 template <typename T>
 void rmsnorm_backward_typed(const T* dy, const T* x, const float* w, const float* rstd, T* dx,
                             float* dw, int64_t rows, int64_t d) {
-  const int64_t chunk_rows =
-      std::max(kMinChunkRows, (rows + kMaxChunks - 1) / kMaxChunks);
+  const int64_t chunk_rows = std::max(kMinChunkRows, (rows + kMaxChunks - 1) / kMaxChunks);
   const int64_t chunks = (rows + chunk_rows - 1) / chunk_rows;
   std::vector<float> partial(static_cast<size_t>(chunks * d));
   const bool parallel = rows * d >= kParallelMin;
@@ -89,8 +88,8 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Ten
   if (x.numel() == 0 || d == 0) return;
   const int64_t rows = x.numel() / d;
   if (x.dtype() == DType::kBF16) {
-    rmsnorm_forward_typed(x.data<bf16>(), w.data<float>(), eps, y.data<bf16>(),
-                          rstd.data<float>(), rows, d);
+    rmsnorm_forward_typed(x.data<bf16>(), w.data<float>(), eps, y.data<bf16>(), rstd.data<float>(),
+                          rows, d);
   } else {
     rmsnorm_forward_typed(x.data<float>(), w.data<float>(), eps, y.data<float>(),
                           rstd.data<float>(), rows, d);
@@ -106,8 +105,8 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
     rmsnorm_backward_typed(dy.data<bf16>(), x.data<bf16>(), w.data<float>(), rstd.data<float>(),
                            dx.data<bf16>(), dw.data<float>(), rows, d);
   } else {
-    rmsnorm_backward_typed(dy.data<float>(), x.data<float>(), w.data<float>(),
-                           rstd.data<float>(), dx.data<float>(), dw.data<float>(), rows, d);
+    rmsnorm_backward_typed(dy.data<float>(), x.data<float>(), w.data<float>(), rstd.data<float>(),
+                           dx.data<float>(), dw.data<float>(), rows, d);
   }
 }
 

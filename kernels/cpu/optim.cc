@@ -37,8 +37,8 @@ void adamw_range(float* p, const float* g, M* m, M* v, int64_t begin, int64_t en
     store8(m + i, mv);
     store8(v + i, vv);
     const __m256 denom = _mm256_add_ps(_mm256_sqrt_ps(_mm256_mul_ps(vv, inv_bc2)), eps);
-    const __m256 step = _mm256_add_ps(_mm256_div_ps(_mm256_mul_ps(mv, inv_bc1), denom),
-                                      _mm256_mul_ps(wd, pv));
+    const __m256 step =
+        _mm256_add_ps(_mm256_div_ps(_mm256_mul_ps(mv, inv_bc1), denom), _mm256_mul_ps(wd, pv));
     _mm256_storeu_ps(p + i, _mm256_sub_ps(pv, _mm256_mul_ps(lr, step)));
   }
 #endif

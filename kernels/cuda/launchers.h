@@ -103,8 +103,8 @@ void launch_reduce_all(ConstFloatPtr x, ReduceOp op, int64_t n, double* scratch,
 // ---- optim.cu ----
 struct AdamWStep {
   float lr, beta1, beta2, eps, weight_decay;
-  float bias_correction1;  // 1 - beta1^t
-  float bias_correction2;  // 1 - beta2^t
+  float inv_bias_correction1;  // 1 / (1 - beta1^t)
+  float inv_bias_correction2;  // 1 / (1 - beta2^t)
 };
 void launch_adamw(float* param, const float* grad, FloatPtr m, FloatPtr v, int64_t n,
                   const AdamWStep& step, cudaStream_t stream);

@@ -229,8 +229,10 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
   step.eps = config.eps;
   step.weight_decay = config.weight_decay;
   const double t = static_cast<double>(config.step);
-  step.bias_correction1 = static_cast<float>(1.0 - std::pow(static_cast<double>(config.beta1), t));
-  step.bias_correction2 = static_cast<float>(1.0 - std::pow(static_cast<double>(config.beta2), t));
+  step.inv_bias_correction1 =
+      static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(config.beta1), t)));
+  step.inv_bias_correction2 =
+      static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(config.beta2), t)));
   launch_adamw(param.data<float>(), grad.data<float>(), out_ptr(m), out_ptr(v), param.numel(),
                step, stream_of(param));
 }

@@ -13,10 +13,10 @@ __global__ void adamw_kernel(float* param, const float* grad, FloatPtr m, FloatP
     const float vi = s.beta2 * load(v, i) + (1.0f - s.beta2) * g * g;
     store(m, i, mi);
     store(v, i, vi);
-    const float m_hat = mi / s.bias_correction1;
-    const float v_hat = vi / s.bias_correction2;
+    // The update uses the f32 moments before they are rounded for storage, like the CPU.
+    const float denom = sqrtf(vi * s.inv_bias_correction2) + s.eps;
     const float p = param[i];
-    param[i] = p - s.lr * (m_hat / (sqrtf(v_hat) + s.eps) + s.weight_decay * p);
+    param[i] = p - s.lr * ((mi * s.inv_bias_correction1) / denom + s.weight_decay * p);
   }
 }
 

@@ -110,8 +110,8 @@ void scatter_add_rows(const Tensor& x, const Tensor& index, const Tensor& scale,
   constexpr const char* kOp = "scatter_add_rows";
   check_matrix(kOp, "x", x);
   const int64_t n = check_index(kOp, "index", index);
-  FATHOM_CHECK(n == x.dim(0)) << kOp << ": index " << index.str() << " must have one entry per row of x "
-                              << x.str();
+  FATHOM_CHECK(n == x.dim(0)) << kOp << ": index " << index.str()
+                              << " must have one entry per row of x " << x.str();
   check_scale(kOp, scale, n);
   check_dtype(kOp, "out", out, x.dtype());
   FATHOM_CHECK(out.ndim() == 2 && out.dim(1) == x.dim(1))

@@ -22,8 +22,8 @@ void reduce_rows(const Tensor& x, Reduce op, Tensor& out) {
   for (int64_t s : leading) rows *= s;
   FATHOM_CHECK(out.shape() == leading || (out.ndim() == 1 && out.dim(0) == rows))
       << kOp << ": out must have shape " << shape_str({rows})
-      << (leading.size() == 1 ? std::string() : " or " + shape_str(leading)) << " for x "
-      << x.str() << ", got " << out.str();
+      << (leading.size() == 1 ? std::string() : " or " + shape_str(leading)) << " for x " << x.str()
+      << ", got " << out.str();
   check_same_device(kOp, {&x, &out});
   if (x.is_cuda()) {
     cuda::reduce_rows(x, op, out);

@@ -33,8 +33,7 @@ std::vector<double> rope_frequencies(const RopeConfig& config) {
   const YarnConfig& yarn = *config.yarn;
   const double original = static_cast<double>(yarn.original_max_position);
   // find_correction_range, then linear_ramp_factor over the pair index.
-  const double low =
-      std::max(std::floor(correction_dim(yarn.beta_fast, dim, base, original)), 0.0);
+  const double low = std::max(std::floor(correction_dim(yarn.beta_fast, dim, base, original)), 0.0);
   double high = std::min(std::ceil(correction_dim(yarn.beta_slow, dim, base, original)), dim - 1);
   if (low == high) high += 0.001;
   for (int64_t i = 0; i < half; ++i) {
@@ -63,7 +62,8 @@ RopeTable make_rope_table(const RopeConfig& config, int64_t max_position, Device
     FATHOM_CHECK(y.beta_fast > 0.0f && y.beta_slow > 0.0f)
         << kOp << ": yarn.beta_fast and yarn.beta_slow must be positive, got " << y.beta_fast
         << " and " << y.beta_slow;
-    FATHOM_CHECK(std::isfinite(y.mscale)) << kOp << ": yarn.mscale must be finite, got " << y.mscale;
+    FATHOM_CHECK(std::isfinite(y.mscale))
+        << kOp << ": yarn.mscale must be finite, got " << y.mscale;
   }
 
   const int64_t half = config.dim / 2;
@@ -109,18 +109,19 @@ void rope_apply(Tensor& x, const Tensor& positions, const RopeTable& table, bool
   check_shape(kOp, "positions", positions, {x.dim(0)});
   check_same_device(kOp, {&x, &positions, &table.cos, &table.sin});
 
-  const Tensor host = positions.is_cuda() ? positions.to(Device::cpu()) : positions;
-  const int32_t* pos = host.data<int32_t>();
-  for (int64_t t = 0; t < host.numel(); ++t) {
+  if (x.is_cuda()) {
+    // No host check here: it would synchronise the stream on every call of every layer. The
+    // kernel guards the table lookup itself (see kernels/cuda/rope.cu).
+    cuda::rope_apply(x, positions, table, inverse);
+    return;
+  }
+  const int32_t* pos = positions.data<int32_t>();
+  for (int64_t t = 0; t < positions.numel(); ++t) {
     FATHOM_CHECK(pos[t] >= 0 && pos[t] < max_position)
         << kOp << ": positions[" << t << "] = " << pos[t] << " out of range [0, " << max_position
         << ") of table " << table.cos.str() << " for x " << x.str();
   }
-  if (x.is_cuda()) {
-    cuda::rope_apply(x, positions, table, inverse);
-  } else {
-    cpu::rope_apply(x, positions, table, inverse);
-  }
+  cpu::rope_apply(x, positions, table, inverse);
 }
 
 }  // namespace fathom

@@ -45,8 +45,10 @@ RopeTable make_rope_table(const RopeConfig& config, int64_t max_position,
                           Device device = Device::cpu());
 
 // In place on x: (T, H, Dh) f32/bf16; rotates the LAST table.dim dims of each head (MLA's
-// [nope | rope] heads). positions: (T) i32, each in [0, max_position). inverse rotates by -angle,
-// which is the backward of the forward rotation (apply it to the gradient).
+// [nope | rope] heads). positions: (T) i32, each in [0, max_position): checked on the CPU (error);
+// on CUDA, where a check would synchronise, an out-of-range position turns its pairs into NaN so the
+// loss shows it. inverse rotates by -angle, which is the backward of the forward rotation (apply
+// it to the gradient).
 void rope_apply(Tensor& x, const Tensor& positions, const RopeTable& table, bool inverse = false);
 
 }  // namespace fathom

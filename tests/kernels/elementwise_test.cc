@@ -18,12 +18,12 @@
 namespace fathom {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::expect_close;
 using testing::finite_difference;
+using ::testing::HasSubstr;
 using testing::random_tensor;
-using testing::tolerance_for;
 using testing::Tolerance;
+using testing::tolerance_for;
 
 // Gradients: the op's f32 backward against a double finite difference.
 constexpr Tolerance kGradTol{1e-5, 1e-4};
@@ -75,7 +75,8 @@ std::vector<double> ref_softmax(const std::vector<double>& x, int64_t cols) {
 }
 
 TEST(CastTest, FloatDtypesMatchScalarConversions) {
-  const std::vector<float> v = {0.0f, 1.0f, -1.5f, 3.14159f, 1000.0f, -1e6f, 1e-3f, 448.0f, 65504.0f};
+  const std::vector<float> v = {0.0f,  1.0f,  -1.5f,  3.14159f, 1000.0f,
+                                -1e6f, 1e-3f, 448.0f, 65504.0f};
   const Tensor src = Tensor::from_floats(v, {static_cast<int64_t>(v.size())});
   Tensor b = Tensor::empty(src.shape(), DType::kBF16);
   Tensor e4 = Tensor::empty(src.shape(), DType::kF8E4M3);
@@ -94,7 +95,9 @@ TEST(CastTest, FloatDtypesMatchScalarConversions) {
   // Back to f32 from bf16 and from e4m3 is exact.
   Tensor back = Tensor::empty(src.shape(), DType::kF32);
   cast(b, back);
-  for (size_t i = 0; i < v.size(); ++i) EXPECT_EQ(back.data<float>()[i], bf16_to_float(float_to_bf16(v[i])));
+  for (size_t i = 0; i < v.size(); ++i) {
+    EXPECT_EQ(back.data<float>()[i], bf16_to_float(float_to_bf16(v[i])));
+  }
   cast(e4, back);
   for (size_t i = 0; i < v.size(); ++i) {
     EXPECT_EQ(back.data<float>()[i], fp8e4m3_to_float(float_to_fp8e4m3(v[i])));
@@ -102,7 +105,8 @@ TEST(CastTest, FloatDtypesMatchScalarConversions) {
   // bf16 -> e4m3 goes through the bf16 value.
   cast(b, e4);
   for (size_t i = 0; i < v.size(); ++i) {
-    EXPECT_EQ(e4.data<fp8e4m3>()[i].bits, float_to_fp8e4m3(bf16_to_float(float_to_bf16(v[i]))).bits);
+    EXPECT_EQ(e4.data<fp8e4m3>()[i].bits,
+              float_to_fp8e4m3(bf16_to_float(float_to_bf16(v[i]))).bits);
   }
 }
 
@@ -112,7 +116,9 @@ TEST(CastTest, LargeTensorAndIntegers) {
   Tensor b = Tensor::empty({n}, DType::kBF16);
   cast(src, b);
   int bad = 0;
-  for (int64_t i = 0; i < n; ++i) bad += b.data<bf16>()[i].bits != float_to_bf16(src.data<float>()[i]).bits;
+  for (int64_t i = 0; i < n; ++i) {
+    bad += b.data<bf16>()[i].bits != float_to_bf16(src.data<float>()[i]).bits;
+  }
   EXPECT_EQ(bad, 0) << "n=" << n;
 
   const std::vector<int32_t> ints = {0, -5, 7, 2147483647, -2147483647 - 1};
@@ -187,8 +193,8 @@ TEST(SwigluTest, ExtremeGates) {
   Tensor y = Tensor::empty({n}, DType::kF32);
   swiglu_forward(g, u, y);
   std::vector<double> gd(gv.begin(), gv.end());
-  expect_close(y.to_floats(), to_floats(ref_swiglu(gd, std::vector<double>(n, 1.0))),
-               {1e-30, 1e-5}, "swiglu_forward extreme gates");
+  expect_close(y.to_floats(), to_floats(ref_swiglu(gd, std::vector<double>(n, 1.0))), {1e-30, 1e-5},
+               "swiglu_forward extreme gates");
 }
 
 // For gates >= 88 sigmoid is exactly 1 in f32, so a bf16 swiglu stores gate * up, an exact f32
@@ -235,7 +241,8 @@ TEST(SwigluTest, BackwardMatchesFiniteDifferences) {
 
     Tensor dg = Tensor::empty({rows, n}, DType::kF32), du = Tensor::empty({rows, n}, DType::kF32);
     swiglu_backward(r, g, u, dg, du);
-    expect_close(dg.to_floats(), to_floats(want_dg), kGradTol, "swiglu dgate n=" + std::to_string(n));
+    expect_close(dg.to_floats(), to_floats(want_dg), kGradTol,
+                 "swiglu dgate n=" + std::to_string(n));
     expect_close(du.to_floats(), to_floats(want_du), kGradTol, "swiglu dup n=" + std::to_string(n));
   }
 }
@@ -273,8 +280,9 @@ TEST(SoftmaxTest, ForwardMatchesReference) {
       const Tensor x = random_tensor({rows, cols}, 41, DType::kF32, Device::cpu(), -80.0f, 80.0f);
       Tensor y = Tensor::empty({rows, cols}, DType::kF32);
       softmax_forward(x, y);
-      expect_close(y.to_floats(), to_floats(ref_softmax(to_doubles(x), cols)), {1e-6, 1e-5},
-                   "softmax_forward rows=" + std::to_string(rows) + " cols=" + std::to_string(cols));
+      expect_close(
+          y.to_floats(), to_floats(ref_softmax(to_doubles(x), cols)), {1e-6, 1e-5},
+          "softmax_forward rows=" + std::to_string(rows) + " cols=" + std::to_string(cols));
     }
   }
   // Leading dims are flattened into rows.
@@ -292,12 +300,15 @@ TEST(SoftmaxTest, BackwardMatchesFiniteDifferences) {
     const Tensor r = random_tensor({rows, cols}, 52);
     std::vector<double> xd = to_doubles(x);
     const std::vector<double> rd = to_doubles(r);
-    const std::vector<double> want = finite_difference(xd, [&] { return project(rd, ref_softmax(xd, cols)); });
+    const std::vector<double> want =
+        finite_difference(xd, [&] { return project(rd, ref_softmax(xd, cols)); });
 
-    Tensor y = Tensor::empty({rows, cols}, DType::kF32), dx = Tensor::empty({rows, cols}, DType::kF32);
+    Tensor y = Tensor::empty({rows, cols}, DType::kF32),
+           dx = Tensor::empty({rows, cols}, DType::kF32);
     softmax_forward(x, y);
     softmax_backward(r, y, dx);
-    expect_close(dx.to_floats(), to_floats(want), kGradTol, "softmax_backward cols=" + std::to_string(cols));
+    expect_close(dx.to_floats(), to_floats(want), kGradTol,
+                 "softmax_backward cols=" + std::to_string(cols));
   }
 }
 

@@ -20,12 +20,12 @@
 namespace fathom {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::expect_close;
 using testing::finite_difference;
+using ::testing::HasSubstr;
 using testing::random_tensor;
-using testing::tolerance_for;
 using testing::Tolerance;
+using testing::tolerance_for;
 
 constexpr Tolerance kGradTol{1e-5, 1e-4};
 
@@ -117,7 +117,8 @@ TEST(EmbeddingTest, BackwardMatchesFiniteDifferences) {
     const std::vector<float> d0 = dtable0.to_floats();
     std::vector<double> want(grad.size());
     for (size_t i = 0; i < want.size(); ++i) want[i] = d0[i] + grad[i];
-    expect_close(dtable.to_floats(), to_floats(want), kGradTol, "embedding_backward d=" + std::to_string(d));
+    expect_close(dtable.to_floats(), to_floats(want), kGradTol,
+                 "embedding_backward d=" + std::to_string(d));
   }
 }
 
@@ -309,7 +310,8 @@ TEST(GatherScatterTest, GatheredRowDotIsScaleGradient) {
         finite_difference(sd, [&] { return project(rd, ref_gather(xd, index, sd, d)); });
     Tensor out = Tensor::empty({n}, DType::kF32);
     gathered_row_dot(x, Tensor::from_vector(index, {n}), r, out);
-    expect_close(out.to_floats(), to_floats(want), kGradTol, "gathered_row_dot d=" + std::to_string(d));
+    expect_close(out.to_floats(), to_floats(want), kGradTol,
+                 "gathered_row_dot d=" + std::to_string(d));
   }
   // bf16 operands against f32 on the same values, and a parallel-sized case.
   const int64_t rows = 64, n = 600, d = 128;
@@ -350,7 +352,8 @@ TEST(IndexErrorsTest, OutOfRangeIndicesNameTheIndex) {
   const Tensor ids = Tensor::from_vector(std::vector<int32_t>{1, 5}, {2});
   Tensor emb = Tensor::zeros({2, 4}, DType::kF32);
   e = error_of([&] { embedding_forward(ids, x, emb); });
-  EXPECT_THAT(e, HasSubstr("embedding_forward: ids[1] = 5 out of range [0, 5) for table f32[5, 4]@cpu"));
+  EXPECT_THAT(
+      e, HasSubstr("embedding_forward: ids[1] = 5 out of range [0, 5) for table f32[5, 4]@cpu"));
   Tensor dtable = Tensor::zeros({5, 4}, DType::kF32);
   e = error_of([&] { embedding_backward(ids, emb, dtable); });
   EXPECT_THAT(e, HasSubstr("embedding_backward: ids[1] = 5 out of range [0, 5)"));

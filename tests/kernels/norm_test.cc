@@ -18,12 +18,12 @@
 namespace fathom {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::expect_close;
 using testing::finite_difference;
+using ::testing::HasSubstr;
 using testing::random_tensor;
-using testing::tolerance_for;
 using testing::Tolerance;
+using testing::tolerance_for;
 
 constexpr Tolerance kGradTol{1e-5, 1e-4};
 
@@ -199,7 +199,8 @@ TEST(RmsNormTest, Bf16MatchesF32) {
     rmsnorm_backward(dy16, x16, w, rstd16, dx16, dw16);
     rmsnorm_backward(dy32, x32, w, rstd32, dx32, dw32);
     expect_close(dx16.to_floats(), dx32.to_floats(), tol, "bf16 rmsnorm dx" + ctx);
-    expect_close(dw16.to_floats(), dw32.to_floats(), tolerance_for(DType::kF32), "bf16 rmsnorm dw" + ctx);
+    expect_close(dw16.to_floats(), dw32.to_floats(), tolerance_for(DType::kF32),
+                 "bf16 rmsnorm dw" + ctx);
   }
 }
 

@@ -16,8 +16,8 @@
 namespace fathom {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::expect_close;
+using ::testing::HasSubstr;
 using testing::random_tensor;
 using testing::Tolerance;
 
@@ -59,8 +59,8 @@ std::vector<double> to_doubles(const Tensor& t) {
 TEST(AdamWTest, StepsMatchReference) {
   for (int64_t n : {int64_t{1}, int64_t{31}, int64_t{33}, int64_t{129}, int64_t{50001}}) {
     for (int steps : {1, 6}) {
-      const AdamWConfig base{.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f,
-                             .weight_decay = 0.1f};
+      const AdamWConfig base{
+          .lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f};
       Tensor p = random_tensor({n}, 1);
       Tensor m = Tensor::zeros({n}, DType::kF32), v = Tensor::zeros({n}, DType::kF32);
       RefState ref{to_doubles(p), std::vector<double>(n, 0.0), std::vector<double>(n, 0.0)};
@@ -163,7 +163,8 @@ TEST(AdamWTest, Bf16MomentsCloseToF32) {
     expect_close(m16.to_floats(), m32.to_floats(), {5e-3, 2e-2}, "bf16 m vs f32 m" + ctx);
     expect_close(v16.to_floats(), v32.to_floats(), {1e-4, 2e-2}, "bf16 v vs f32 v" + ctx);
     // Each step moves p by about lr; bf16 moments change a step by well under 1%.
-    expect_close(p16.to_floats(), p32.to_floats(), {0.01 * lr * steps, 0}, "bf16-moment params" + ctx);
+    expect_close(p16.to_floats(), p32.to_floats(), {0.01 * lr * steps, 0},
+                 "bf16-moment params" + ctx);
   }
 }
 

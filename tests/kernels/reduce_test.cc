@@ -19,8 +19,8 @@
 namespace fathom {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::expect_close;
+using ::testing::HasSubstr;
 using testing::random_tensor;
 
 template <typename F>
@@ -187,7 +187,8 @@ TEST(ClipGradNormTest, NoScalingBelowMaxNorm) {
 }
 
 TEST(ClipGradNormTest, NonFiniteNormLeavesGradsUntouched) {
-  for (float bad : {std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()}) {
+  for (float bad :
+       {std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()}) {
     Tensor a = random_tensor({4, 31}, 41, DType::kF32, Device::cpu(), -5.0f, 5.0f);
     Tensor b = random_tensor({129}, 42, DType::kF32, Device::cpu(), -5.0f, 5.0f);
     b.data<float>()[17] = bad;
@@ -208,7 +209,8 @@ TEST(ReduceErrorsTest, NameOpAndShapes) {
   const Tensor x = Tensor::zeros({4, 8}, DType::kF32);
   Tensor out = Tensor::zeros({5}, DType::kF32);
   std::string e = error_of([&] { reduce_rows(x, Reduce::kSum, out); });
-  EXPECT_THAT(e, HasSubstr("reduce_rows: out must have shape [4] for x f32[4, 8]@cpu, got f32[5]@cpu"));
+  EXPECT_THAT(
+      e, HasSubstr("reduce_rows: out must have shape [4] for x f32[4, 8]@cpu, got f32[5]@cpu"));
 
   Tensor out16 = Tensor::zeros({4}, DType::kBF16);
   e = error_of([&] { reduce_rows(x, Reduce::kSum, out16); });

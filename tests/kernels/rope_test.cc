@@ -19,9 +19,9 @@
 namespace fathom {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::expect_close;
 using testing::finite_difference;
+using ::testing::HasSubstr;
 using testing::random_tensor;
 using testing::tolerance_for;
 
@@ -160,7 +160,8 @@ TEST(RopeTest, ApplyMatchesReferenceAndInverseRestores) {
     for (int64_t dim : {2, 16, 64}) {
       for (int64_t tokens : {1, 5, 400}) {
         const int64_t heads = 3, head_dim = dim;
-        const RopeTable table = make_rope_table({.dim = dim, .base = 10000.0f, .style = style}, 512);
+        const RopeTable table =
+            make_rope_table({.dim = dim, .base = 10000.0f, .style = style}, 512);
         std::vector<int32_t> pos(tokens);
         for (int64_t t = 0; t < tokens; ++t) pos[t] = static_cast<int32_t>((t * 37 + 5) % 512);
         const Tensor positions = Tensor::from_vector(pos, {tokens});

@@ -4,6 +4,7 @@
 //
 // usage: bench_gemm [--gpu] [--threads N] [--quick]
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -63,7 +64,7 @@ void run_cpu(bool quick) {
               "K", "sgemm", "f32", "bf16-in", "fp8-cpu", "f32/sg", "f32/ceil");
   std::printf("%-6s %-24s %6s %6s %6s | %9s %9s %9s %9s | %7s %7s\n", "", "", "", "", "",
               "GFLOP/s", "GFLOP/s", "GFLOP/s", "GFLOP/s", "", "");
-  double worst_large = 1e9;
+  std::vector<double> large_vs_ceiling, large_vs_sgemm;
   for (const Shape3& s : cpu_shapes()) {
     const double raw = gflops(s, raw_sgemm_seconds(s.m, s.n, s.k, budget));
     Tensor a = random_tensor({s.m, s.k}, DType::kF32, 1);
@@ -80,14 +81,27 @@ void run_cpu(bool quick) {
     auto f8 = [&] { gemm_fp8(qa, qw, c); };
     const double t8 = median_seconds(f8, 1, repeats_for(median_seconds(f8, 0, 1), budget));
     const double ours = gflops(s, t32);
-    if (s.large) worst_large = std::min(worst_large, ours / ceiling);
+    if (s.large) {
+      large_vs_ceiling.push_back(ours / ceiling);
+      large_vs_sgemm.push_back(ours / raw);
+    }
     std::printf("%-6s %-24s %6lld %6lld %6lld | %9.1f %9.1f %9.1f %9.1f | %7.2f %7.2f\n", s.model,
                 s.layer, static_cast<long long>(s.m), static_cast<long long>(s.n),
                 static_cast<long long>(s.k), raw, ours, gflops(s, t16), gflops(s, t8), ours / raw,
                 ours / ceiling);
     std::fflush(stdout);
   }
-  std::printf("\n# large shapes: worst f32 path / ceiling = %.2f (target >= 0.90)\n", worst_large);
+  // Thin shapes (N or M of a few hundred) stay below the ceiling in raw sgemm too; the overhead
+  // of our path over sgemm at the same shape is the part Fathom controls.
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  std::printf("\n# large shapes: f32 path / ceiling: median %.2f, min %.2f (target >= 0.90)\n",
+              median(large_vs_ceiling),
+              *std::min_element(large_vs_ceiling.begin(), large_vs_ceiling.end()));
+  std::printf("# large shapes: f32 path / raw sgemm at the same shape: min %.2f\n",
+              *std::min_element(large_vs_sgemm.begin(), large_vs_sgemm.end()));
 }
 
 void run_gpu() {

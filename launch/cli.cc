@@ -8,6 +8,8 @@
 
 #include "kernels/check.h"
 #include "launch/demo_train.h"
+#include "model/config.h"
+#include "model/param_count.h"
 #include "launch/version.h"
 
 namespace fathom::launch {
@@ -30,10 +32,28 @@ int run_version(const std::vector<std::string>& args) {
   return 0;
 }
 
+int run_info(const std::vector<std::string>& args) {
+  if (args.size() != 1 || args[0] == "--help") {
+    std::fprintf(args.size() == 1 ? stdout : stderr,
+                 "usage: fathom info MODEL_OR_RUN.yaml\n"
+                 "Prints parameter counts (total, activated, embedding, head, MTP) and the memory\n"
+                 "per parameter of each precision mode for the model the file describes.\n");
+    return args.size() == 1 ? 0 : 2;
+  }
+  const absl::StatusOr<model::ModelConfig> config = model::load_model_config(args[0]);
+  if (!config.ok()) {
+    std::fprintf(stderr, "fathom info: %s\n", std::string(config.status().message()).c_str());
+    return 1;
+  }
+  std::printf("%s", model::describe_parameters(*config).c_str());
+  return 0;
+}
+
 const std::vector<Subcommand>& subcommands() {
   static const std::vector<Subcommand> kSubcommands = {
       {"demo", "train a tiny transformer on generated arithmetic with the kernels' ops",
        demo_main},
+      {"info", "parameter counts and memory per parameter of a model or run YAML", run_info},
       {"version", "print library versions and whether a GPU is visible", run_version},
   };
   return kSubcommands;

@@ -4,7 +4,8 @@
 # benchmarks. Everything is shown and written to the log.
 #
 # usage: scripts/gpu_check.sh [LOG]     (default LOG: build-gpu/gpu_check.log)
-# Exits non-zero when configuring or building fails or any test fails.
+# Exits non-zero when configuring or building fails, when the CUDA tests cannot run (no usable
+# device: they would skip and pass vacuously), or when any test or benchmark fails.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -66,6 +67,8 @@ main() {
   if ! command -v nvcc >/dev/null && [[ -x /usr/local/cuda/bin/nvcc ]]; then
     export PATH="/usr/local/cuda/bin:$PATH"
   fi
+  # Paths relative to the checkout in ccache's keys, as scripts/setup.sh does.
+  export CCACHE_BASEDIR="$repo"
   if [[ $(id -u) -eq 0 ]]; then  # the MPI tests run mpirun, which refuses root by default
     export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
   fi
@@ -88,8 +91,17 @@ main() {
   echo "== build"
   cmake --build "$build_dir" -j "$(nproc)" || { echo "gpu_check: build failed"; return 1; }
 
-  echo "== ctest (GPU tests included)"
   local tests_ok=1
+  # The GPU tests skip without a usable device, which would make this check pass vacuously.
+  local probe
+  probe=$("$build_dir/tests/kernels_tests" --gtest_filter='CudaAllocator.*' 2>&1) || true
+  if [[ "$probe" == *SKIPPED* || "$probe" != *PASSED* ]]; then
+    echo "$probe"
+    echo "gpu_check: the CUDA tests do not run here (no usable CUDA device?): failing"
+    tests_ok=0
+  fi
+
+  echo "== ctest (GPU tests included)"
   ctest --test-dir "$build_dir" --output-on-failure || tests_ok=0
 
   local bench

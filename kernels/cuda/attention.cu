@@ -25,14 +25,14 @@ __device__ __forceinline__ int64_t qkv_offset(int64_t b, int64_t s, int64_t head
 
 // Rows [row0, row0 + kTile) of one head of a (B, S, heads, dim) tensor into tile (kTile x stride),
 // zero past the sequence end. All threads of the block take part.
-__device__ void load_tile(ConstFloatPtr src, int64_t b, int64_t seq, int64_t heads,
-                          int64_t head, int64_t dim, int64_t row0, float* tile, int64_t stride) {
+__device__ void load_tile(ConstFloatPtr src, int64_t b, int64_t seq, int64_t heads, int64_t head,
+                          int64_t dim, int64_t row0, float* tile, int64_t stride) {
   for (int64_t idx = threadIdx.x; idx < kTile * dim; idx += blockDim.x) {
     const int64_t r = idx / dim;
     const int64_t c = idx % dim;
     const int64_t row = row0 + r;
-    tile[r * stride + c] = row < seq ? load(src, qkv_offset(b, seq, heads, row, head, dim) + c)
-                                     : 0.0f;
+    tile[r * stride + c] =
+        row < seq ? load(src, qkv_offset(b, seq, heads, row, head, dim) + c) : 0.0f;
   }
 }
 
@@ -288,8 +288,7 @@ __global__ void attention_dkdv_kernel(ConstFloatPtr q, ConstFloatPtr k, ConstFlo
 // Launches `kernel` with `floats` of dynamic shared memory, raising the kernel's limit first
 // when that exceeds the default 48 KiB.
 template <typename Kernel, typename... Args>
-void launch_with_smem(Kernel kernel, dim3 grid, int64_t floats, cudaStream_t stream,
-                      Args... args) {
+void launch_with_smem(Kernel kernel, dim3 grid, int64_t floats, cudaStream_t stream, Args... args) {
   const size_t bytes = static_cast<size_t>(floats) * sizeof(float);
   FATHOM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(bytes)));
@@ -321,15 +320,15 @@ void launch_attention_forward(ConstFloatPtr q, ConstFloatPtr k, ConstFloatPtr v,
   launch_with_smem(attention_forward_kernel, grid, floats, stream, q, k, v, out, lse, d);
 }
 
-void launch_attention_backward(ConstFloatPtr q, ConstFloatPtr k, ConstFloatPtr v,
-                               ConstFloatPtr out, ConstFloatPtr dout, const float* lse,
-                               FloatPtr dq, FloatPtr dk, FloatPtr dv, float* delta,
-                               const AttentionDims& d, cudaStream_t stream) {
+void launch_attention_backward(ConstFloatPtr q, ConstFloatPtr k, ConstFloatPtr v, ConstFloatPtr out,
+                               ConstFloatPtr dout, const float* lse, FloatPtr dq, FloatPtr dk,
+                               FloatPtr dv, float* delta, const AttentionDims& d,
+                               cudaStream_t stream) {
   if (d.batch == 0 || d.seq == 0 || d.heads == 0) return;
   check_dims(d);
   const int64_t rows = d.batch * d.heads * d.seq;
   attention_delta_kernel<<<grid_for(rows, kThreads / 32), kThreads, 0, stream>>>(out, dout, delta,
-                                                                                d);
+                                                                                 d);
   FATHOM_CUDA_CHECK_LAUNCH();
   const int64_t sk = odd_stride(d.dqk);
   const int64_t sv = odd_stride(d.dv);
@@ -341,8 +340,8 @@ void launch_attention_backward(ConstFloatPtr q, ConstFloatPtr k, ConstFloatPtr v
   const dim3 kv_grid(static_cast<unsigned>(ceil_div(d.seq, kRows)),
                      static_cast<unsigned>(d.kv_heads), static_cast<unsigned>(d.batch));
   launch_with_smem(attention_dkdv_kernel, kv_grid,
-                   kTile * sk + kTile * sv + 2 * kTile + kRows * d.dqk + kRows * d.dv, stream, q,
-                   k, v, dout, lse, static_cast<const float*>(delta), dk, dv, d);
+                   kTile * sk + kTile * sv + 2 * kTile + kRows * d.dqk + kRows * d.dv, stream, q, k,
+                   v, dout, lse, static_cast<const float*>(delta), dk, dv, d);
 }
 
 }  // namespace fathom::cuda

@@ -76,7 +76,9 @@ uint32_t alignment(const void* ptr, int64_t stride_bytes) {
 
 class MatmulDesc {
  public:
-  MatmulDesc() { FATHOM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc_, CUBLAS_COMPUTE_32F, CUDA_R_32F)); }
+  MatmulDesc() {
+    FATHOM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc_, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  }
   ~MatmulDesc() { cublasLtMatmulDescDestroy(desc_); }
   MatmulDesc(const MatmulDesc&) = delete;
   MatmulDesc& operator=(const MatmulDesc&) = delete;
@@ -94,9 +96,8 @@ class Layout {
  public:
   // Column-major rows x cols with leading dimension ld; batch > 1 adds a strided batch.
   Layout(BlasType type, int64_t rows, int64_t cols, int64_t ld, int64_t batch, int64_t stride) {
-    FATHOM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_, cuda_type(type),
-                                                   static_cast<uint64_t>(rows),
-                                                   static_cast<uint64_t>(cols), ld));
+    FATHOM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(
+        &layout_, cuda_type(type), static_cast<uint64_t>(rows), static_cast<uint64_t>(cols), ld));
     if (batch > 1) {
       const int32_t count = static_cast<int32_t>(batch);
       FATHOM_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
@@ -209,8 +210,8 @@ void gemm_row_major(const RowMajorGemm& g, int device, cudaStream_t stream) {
     return;
   }
   LtProblem p{};
-  // cuBLASLt A := our B. Row-major (k, n) is column-major (n x k) = op(B)^T: no transpose; row-major
-  // (n, k) is column-major (k x n), transposed.
+  // cuBLASLt A := our B. Row-major (k, n) is column-major (n x k) = op(B)^T: no transpose;
+  // row-major (n, k) is column-major (k x n), transposed.
   p.op_a = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   p.a = g.b;
   p.a_type = g.ab_type;

@@ -19,7 +19,8 @@ enum class BlasType : uint8_t { kF32, kBF16, kF8E4M3 };
 //   op(A): (m, k), stored (m, k) with row stride lda, or (k, m) when trans_a;
 //   op(B): (k, n), stored (k, n) with row stride ldb, or (n, k) when trans_b;
 //   C: (m, n), contiguous (ldc == n) so k == 0 can be served by a memset.
-// Batch entry i starts at a + i * stride_a (elements) and so on; a stride of 0 shares the operand.
+// Batch entry i starts at a + i * stride_a (elements) and so on. (cuda::gemm never passes a zero
+// stride for a shared B: it folds the batch into m, or loops.)
 // Types: A and B both f32 (C f32) or both bf16 (C f32 or bf16). beta is 0 or 1.
 struct RowMajorGemm {
   bool trans_a = false;

@@ -9,10 +9,8 @@ namespace {
 
 __device__ __forceinline__ float load_any_float(const void* p, ElemType type, int64_t i) {
   switch (type) {
-    case ElemType::kF32:
-      return static_cast<const float*>(p)[i];
-    case ElemType::kBF16:
-      return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    case ElemType::kF32: return static_cast<const float*>(p)[i];
+    case ElemType::kBF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
     case ElemType::kF8E4M3:
       return __half2float(
           __half(__nv_cvt_fp8_to_halfraw(static_cast<const uint8_t*>(p)[i], __NV_E4M3)));
@@ -24,12 +22,8 @@ __device__ __forceinline__ float load_any_float(const void* p, ElemType type, in
 
 __device__ __forceinline__ void store_any_float(void* p, ElemType type, int64_t i, float v) {
   switch (type) {
-    case ElemType::kF32:
-      static_cast<float*>(p)[i] = v;
-      break;
-    case ElemType::kBF16:
-      static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
-      break;
+    case ElemType::kF32: static_cast<float*>(p)[i] = v; break;
+    case ElemType::kBF16: static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v); break;
     case ElemType::kF8E4M3:
       static_cast<uint8_t*>(p)[i] = __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
       break;
@@ -39,16 +33,15 @@ __device__ __forceinline__ void store_any_float(void* p, ElemType type, int64_t 
   }
 }
 
-__global__ void cast_float_kernel(const void* src, ElemType src_type, void* dst,
-                                  ElemType dst_type, int64_t n) {
+__global__ void cast_float_kernel(const void* src, ElemType src_type, void* dst, ElemType dst_type,
+                                  int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     store_any_float(dst, dst_type, i, load_any_float(src, src_type, i));
   }
 }
 
-__global__ void cast_int_kernel(const void* src, bool src_i64, void* dst, bool dst_i64,
-                                int64_t n) {
+__global__ void cast_int_kernel(const void* src, bool src_i64, void* dst, bool dst_i64, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t v =
@@ -85,8 +78,7 @@ __global__ void scale_kernel(FloatPtr t, float alpha, int64_t n) {
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-__global__ void swiglu_forward_kernel(ConstFloatPtr gate, ConstFloatPtr up, FloatPtr y,
-                                      int64_t n) {
+__global__ void swiglu_forward_kernel(ConstFloatPtr gate, ConstFloatPtr up, FloatPtr y, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float g = load(gate, i);
@@ -115,8 +107,7 @@ __global__ void sigmoid_forward_kernel(ConstFloatPtr x, FloatPtr y, int64_t n) {
   }
 }
 
-__global__ void sigmoid_backward_kernel(ConstFloatPtr dy, ConstFloatPtr y, FloatPtr dx,
-                                        int64_t n) {
+__global__ void sigmoid_backward_kernel(ConstFloatPtr dy, ConstFloatPtr y, FloatPtr dx, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float s = load(y, i);
@@ -158,7 +149,8 @@ __global__ void softmax_backward_kernel(ConstFloatPtr dy, ConstFloatPtr y, Float
 
 // Threads per block for row kernels: enough to cover short rows, at most kThreads.
 int row_threads(int64_t cols) {
-  return static_cast<int>(std::min<int64_t>(kThreads, std::max<int64_t>(32, ceil_div(cols, 32) * 32)));
+  return static_cast<int>(
+      std::min<int64_t>(kThreads, std::max<int64_t>(32, ceil_div(cols, 32) * 32)));
 }
 
 bool is_int(ElemType t) { return t == ElemType::kI32 || t == ElemType::kI64; }
@@ -183,8 +175,8 @@ void launch_fill(void* data, int elem_bytes, uint64_t pattern, int64_t n, cudaSt
   if (n == 0) return;
   switch (elem_bytes) {
     case 1:
-      FATHOM_CUDA_CHECK(cudaMemsetAsync(data, static_cast<int>(pattern & 0xFFu),
-                                        static_cast<size_t>(n), stream));
+      FATHOM_CUDA_CHECK(
+          cudaMemsetAsync(data, static_cast<int>(pattern & 0xFFu), static_cast<size_t>(n), stream));
       return;
     case 2:
       fill_kernel<<<grid_for(n), kThreads, 0, stream>>>(static_cast<uint16_t*>(data),
@@ -197,8 +189,7 @@ void launch_fill(void* data, int elem_bytes, uint64_t pattern, int64_t n, cudaSt
     case 8:
       fill_kernel<<<grid_for(n), kThreads, 0, stream>>>(static_cast<uint64_t*>(data), pattern, n);
       break;
-    default:
-      FATHOM_CHECK(false) << "launch_fill: unsupported element size " << elem_bytes;
+    default: FATHOM_CHECK(false) << "launch_fill: unsupported element size " << elem_bytes;
   }
   FATHOM_CUDA_CHECK_LAUNCH();
 }
@@ -222,8 +213,8 @@ void launch_swiglu_forward(ConstFloatPtr gate, ConstFloatPtr up, FloatPtr y, int
   FATHOM_CUDA_CHECK_LAUNCH();
 }
 
-void launch_swiglu_backward(ConstFloatPtr dy, ConstFloatPtr gate, ConstFloatPtr up,
-                            FloatPtr dgate, FloatPtr dup, int64_t n, cudaStream_t stream) {
+void launch_swiglu_backward(ConstFloatPtr dy, ConstFloatPtr gate, ConstFloatPtr up, FloatPtr dgate,
+                            FloatPtr dup, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
   swiglu_backward_kernel<<<grid_for(n), kThreads, 0, stream>>>(dy, gate, up, dgate, dup, n);
   FATHOM_CUDA_CHECK_LAUNCH();

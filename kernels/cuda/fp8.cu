@@ -103,8 +103,7 @@ __global__ void dequantize_kernel(const uint8_t* q, const float* scales, int64_t
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t r = i / k;
     const int64_t c = i % k;
-    const int64_t scale_row =
-        block128x128 ? (r / block_rows) * mb + (r % block_rows) / kBlock : r;
+    const int64_t scale_row = block128x128 ? (r / block_rows) * mb + (r % block_rows) / kBlock : r;
     store(out, i, from_e4m3(q[i]) * scales[scale_row * kb + c / kBlock]);
   }
 }
@@ -137,7 +136,7 @@ void launch_quantize_1x128(ConstFloatPtr x, int64_t rows, int64_t k, bool pow2, 
   const int64_t tiles = rows * ceil_div(k, kBlock);
   if (tiles == 0) return;
   quantize_1x128_kernel<<<grid_for(tiles, kThreads / 32), kThreads, 0, stream>>>(x, rows, k, pow2,
-                                                                               q, scales);
+                                                                                 q, scales);
   FATHOM_CUDA_CHECK_LAUNCH();
 }
 
@@ -146,7 +145,7 @@ void launch_quantize_128x128(ConstFloatPtr x, int64_t batch, int64_t m, int64_t 
   const int64_t blocks = batch * ceil_div(m, kBlock) * ceil_div(k, kBlock);
   if (blocks == 0) return;
   quantize_128x128_kernel<<<grid_for(blocks, 1), kThreads, 0, stream>>>(x, batch, m, k, pow2, q,
-                                                                       scales);
+                                                                        scales);
   FATHOM_CUDA_CHECK_LAUNCH();
 }
 

@@ -2,9 +2,8 @@
 //
 // scatter_add_rows is deterministic: a stable radix sort (CUB) of the target rows groups each
 // row's contributions in increasing source order, and one block adds them in that order.
-#include <cub/device/device_radix_sort.cuh>
-
 #include <climits>
+#include <cub/device/device_radix_sort.cuh>
 
 #include "kernels/cuda/common.cuh"
 
@@ -77,11 +76,12 @@ __global__ void gathered_row_dot_kernel(ConstFloatPtr a, const int32_t* index, C
   }
 }
 
-// Total order of top-k: larger values first, NaN after every number, ties to the lower index.
+// Total order of top-k, as on the CPU: larger values first, NaN above every number, ties to the
+// lower index.
 __device__ __forceinline__ bool ranks_before(float v1, int64_t i1, float v2, int64_t i2) {
   const bool n1 = isnan(v1);
   const bool n2 = isnan(v2);
-  if (n1 != n2) return n2;
+  if (n1 != n2) return n1;
   if (!n1 && v1 != v2) return v1 > v2;
   return i1 < i2;
 }
@@ -139,7 +139,8 @@ __global__ void topk_kernel(const float* x, int64_t rows, int64_t cols, int64_t 
   }
 }
 
-size_t align16(size_t bytes) { return (bytes + 15) / 16 * 16; }
+// Scratch pieces start at 256-byte offsets (cudaMalloc alignment), as CUB's temporaries like.
+size_t align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 size_t cub_sort_bytes(int64_t n) {
   size_t bytes = 0;
@@ -161,7 +162,7 @@ void launch_gather_rows(ConstFloatPtr x, const int32_t* index, const float* scal
 
 size_t scatter_add_scratch_bytes(int64_t n) {
   FATHOM_CHECK(n <= INT_MAX) << "scatter_add_rows: " << n << " rows exceed the sort's int range";
-  return 3 * align16(static_cast<size_t>(n) * sizeof(int32_t)) + align16(cub_sort_bytes(n));
+  return 3 * align256(static_cast<size_t>(n) * sizeof(int32_t)) + align256(cub_sort_bytes(n));
 }
 
 void launch_scatter_add_rows(ConstFloatPtr x, const int32_t* index, const float* scale,
@@ -170,7 +171,7 @@ void launch_scatter_add_rows(ConstFloatPtr x, const int32_t* index, const float*
   if (n == 0 || d == 0) return;
   FATHOM_CHECK(scratch_bytes >= scatter_add_scratch_bytes(n))
       << "launch_scatter_add_rows: scratch of " << scratch_bytes << " bytes is too small";
-  const size_t vec = align16(static_cast<size_t>(n) * sizeof(int32_t));
+  const size_t vec = align256(static_cast<size_t>(n) * sizeof(int32_t));
   char* base = static_cast<char*>(scratch);
   int32_t* src_order = reinterpret_cast<int32_t*>(base);
   int32_t* sorted_rows = reinterpret_cast<int32_t*>(base + vec);
@@ -191,8 +192,8 @@ void launch_scatter_add_rows(ConstFloatPtr x, const int32_t* index, const float*
 void launch_gathered_row_dot(ConstFloatPtr a, const int32_t* index, ConstFloatPtr b, float* out,
                              int64_t n, int64_t rows, int64_t d, cudaStream_t stream) {
   if (n == 0) return;
-  gathered_row_dot_kernel<<<grid_for(n, kThreads / 32), kThreads, 0, stream>>>(a, index, b, out,
-                                                                              n, rows, d);
+  gathered_row_dot_kernel<<<grid_for(n, kThreads / 32), kThreads, 0, stream>>>(a, index, b, out, n,
+                                                                               rows, d);
   FATHOM_CUDA_CHECK_LAUNCH();
 }
 

@@ -41,8 +41,8 @@ void launch_axpy(float alpha, ConstFloatPtr x, FloatPtr y, int64_t n, cudaStream
 void launch_scale(FloatPtr t, float alpha, int64_t n, cudaStream_t stream);
 void launch_swiglu_forward(ConstFloatPtr gate, ConstFloatPtr up, FloatPtr y, int64_t n,
                            cudaStream_t stream);
-void launch_swiglu_backward(ConstFloatPtr dy, ConstFloatPtr gate, ConstFloatPtr up,
-                            FloatPtr dgate, FloatPtr dup, int64_t n, cudaStream_t stream);
+void launch_swiglu_backward(ConstFloatPtr dy, ConstFloatPtr gate, ConstFloatPtr up, FloatPtr dgate,
+                            FloatPtr dup, int64_t n, cudaStream_t stream);
 void launch_sigmoid_forward(ConstFloatPtr x, FloatPtr y, int64_t n, cudaStream_t stream);
 void launch_sigmoid_backward(ConstFloatPtr dy, ConstFloatPtr y, FloatPtr dx, int64_t n,
                              cudaStream_t stream);
@@ -58,14 +58,15 @@ void launch_rmsnorm_forward(ConstFloatPtr x, const float* w, float eps, FloatPtr
 // Scratch for launch_rmsnorm_backward: rmsnorm_dw_chunks(rows) * cols floats.
 int64_t rmsnorm_dw_chunks(int64_t rows);
 // dx (=); dw (+=), reduced over rows in a fixed order (deterministic).
-void launch_rmsnorm_backward(ConstFloatPtr dy, ConstFloatPtr x, const float* w,
-                             const float* rstd, FloatPtr dx, float* dw, float* dw_scratch,
-                             int64_t rows, int64_t cols, cudaStream_t stream);
+void launch_rmsnorm_backward(ConstFloatPtr dy, ConstFloatPtr x, const float* w, const float* rstd,
+                             FloatPtr dx, float* dw, float* dw_scratch, int64_t rows, int64_t cols,
+                             cudaStream_t stream);
 
 // ---- rope.cu ----
 // x: (tokens, heads, head_dim), rotating the last rot_dim dims of each head with the tables
-// cos/sin: (max_position, rot_dim / 2). A position outside [0, max_position) turns its token's
-// rotated dims into NaN (the public op reports bad positions; this only keeps memory safe).
+// cos/sin: (max_position, rot_dim / 2). The public op does not check positions on CUDA (that would
+// synchronise every call), so the kernel guards the lookup: a position outside
+// [0, max_position) turns its token's rotated dims into NaN, which the loss then exposes.
 void launch_rope(FloatPtr x, const int32_t* positions, const float* cos, const float* sin,
                  int64_t max_position, int64_t tokens, int64_t heads, int64_t head_dim,
                  int64_t rot_dim, bool half_style, bool inverse, cudaStream_t stream);
@@ -75,7 +76,7 @@ void launch_rope(FloatPtr x, const int32_t* positions, const float* cos, const f
 // outside [0, rows) gives a NaN row.
 void launch_gather_rows(ConstFloatPtr x, const int32_t* index, const float* scale, FloatPtr out,
                         int64_t n, int64_t rows, int64_t d, cudaStream_t stream);
-// Scratch for launch_scatter_add_rows, in bytes (16-byte aligned pieces inside).
+// Scratch for launch_scatter_add_rows, in bytes (256-byte aligned pieces inside).
 size_t scatter_add_scratch_bytes(int64_t n);
 // out[index[i]] += scale[i] * x[i] (scale may be null), contributions to one row added in
 // increasing i: a stable sort of the indices groups each row's contributions. Indices outside
@@ -154,9 +155,9 @@ constexpr int64_t kAttentionMaxHeadDim = 256;
 void launch_attention_forward(ConstFloatPtr q, ConstFloatPtr k, ConstFloatPtr v, FloatPtr out,
                               float* lse, const AttentionDims& dims, cudaStream_t stream);
 // dq, dk, dv (=). delta: (B, H, S) f32 scratch. Deterministic: no atomics.
-void launch_attention_backward(ConstFloatPtr q, ConstFloatPtr k, ConstFloatPtr v,
-                               ConstFloatPtr out, ConstFloatPtr dout, const float* lse,
-                               FloatPtr dq, FloatPtr dk, FloatPtr dv, float* delta,
-                               const AttentionDims& dims, cudaStream_t stream);
+void launch_attention_backward(ConstFloatPtr q, ConstFloatPtr k, ConstFloatPtr v, ConstFloatPtr out,
+                               ConstFloatPtr dout, const float* lse, FloatPtr dq, FloatPtr dk,
+                               FloatPtr dv, float* delta, const AttentionDims& dims,
+                               cudaStream_t stream);
 
 }  // namespace fathom::cuda

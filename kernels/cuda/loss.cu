@@ -43,9 +43,8 @@ __global__ void ce_finish_kernel(const float* run_max, const float* run_sum,
 }
 
 __global__ void ce_chunk_backward_kernel(const float* logits, int64_t tokens, int64_t cols,
-                                         int64_t v0, const int32_t* targets,
-                                         int32_t ignore_index, const float* lse,
-                                         const float* dloss, FloatPtr grad) {
+                                         int64_t v0, const int32_t* targets, int32_t ignore_index,
+                                         const float* lse, const float* dloss, FloatPtr grad) {
   const int64_t n = tokens * cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -76,9 +75,8 @@ void launch_ce_finish(const float* run_max, const float* run_sum, const float* t
                       const int32_t* targets, int32_t ignore_index, int64_t tokens, float* loss,
                       float* lse, cudaStream_t stream) {
   if (tokens == 0) return;
-  ce_finish_kernel<<<grid_for(tokens), kThreads, 0, stream>>>(run_max, run_sum, target_logit,
-                                                              targets, ignore_index, tokens, loss,
-                                                              lse);
+  ce_finish_kernel<<<grid_for(tokens), kThreads, 0, stream>>>(
+      run_max, run_sum, target_logit, targets, ignore_index, tokens, loss, lse);
   FATHOM_CUDA_CHECK_LAUNCH();
 }
 
@@ -87,8 +85,8 @@ void launch_ce_chunk_backward(const float* logits, int64_t tokens, int64_t cols,
                               const float* dloss, FloatPtr grad, cudaStream_t stream) {
   const int64_t n = tokens * cols;
   if (n == 0) return;
-  ce_chunk_backward_kernel<<<grid_for(n), kThreads, 0, stream>>>(
-      logits, tokens, cols, v0, targets, ignore_index, lse, dloss, grad);
+  ce_chunk_backward_kernel<<<grid_for(n), kThreads, 0, stream>>>(logits, tokens, cols, v0, targets,
+                                                                 ignore_index, lse, dloss, grad);
   FATHOM_CUDA_CHECK_LAUNCH();
 }
 

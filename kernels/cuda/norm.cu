@@ -53,7 +53,8 @@ __global__ void rmsnorm_dw_partial_kernel(ConstFloatPtr dy, ConstFloatPtr x, con
   const int64_t r0 = chunk * kDwChunkRows;
   const int64_t r1 = min(rows, r0 + kDwChunkRows);
   float acc = 0.0f;
-  for (int64_t r = r0; r < r1; ++r) acc += load(dy, r * cols + c) * (load(x, r * cols + c) * rstd[r]);
+  for (int64_t r = r0; r < r1; ++r)
+    acc += load(dy, r * cols + c) * (load(x, r * cols + c) * rstd[r]);
   scratch[chunk * cols + c] = acc;
 }
 
@@ -67,7 +68,8 @@ __global__ void rmsnorm_dw_sum_kernel(const float* scratch, int64_t chunks, floa
 }
 
 int row_threads(int64_t cols) {
-  return static_cast<int>(std::min<int64_t>(kThreads, std::max<int64_t>(32, ceil_div(cols, 32) * 32)));
+  return static_cast<int>(
+      std::min<int64_t>(kThreads, std::max<int64_t>(32, ceil_div(cols, 32) * 32)));
 }
 
 }  // namespace
@@ -76,18 +78,18 @@ void launch_rmsnorm_forward(ConstFloatPtr x, const float* w, float eps, FloatPtr
                             int64_t rows, int64_t cols, cudaStream_t stream) {
   if (rows == 0) return;
   rmsnorm_forward_kernel<<<grid_for(rows, 1), row_threads(cols), 0, stream>>>(x, w, eps, y, rstd,
-                                                                             rows, cols);
+                                                                              rows, cols);
   FATHOM_CUDA_CHECK_LAUNCH();
 }
 
 int64_t rmsnorm_dw_chunks(int64_t rows) { return ceil_div(rows, kDwChunkRows); }
 
-void launch_rmsnorm_backward(ConstFloatPtr dy, ConstFloatPtr x, const float* w,
-                             const float* rstd, FloatPtr dx, float* dw, float* dw_scratch,
-                             int64_t rows, int64_t cols, cudaStream_t stream) {
+void launch_rmsnorm_backward(ConstFloatPtr dy, ConstFloatPtr x, const float* w, const float* rstd,
+                             FloatPtr dx, float* dw, float* dw_scratch, int64_t rows, int64_t cols,
+                             cudaStream_t stream) {
   if (rows == 0 || cols == 0) return;
-  rmsnorm_backward_dx_kernel<<<grid_for(rows, 1), row_threads(cols), 0, stream>>>(
-      dy, x, w, rstd, dx, rows, cols);
+  rmsnorm_backward_dx_kernel<<<grid_for(rows, 1), row_threads(cols), 0, stream>>>(dy, x, w, rstd,
+                                                                                  dx, rows, cols);
   FATHOM_CUDA_CHECK_LAUNCH();
   const int64_t chunks = rmsnorm_dw_chunks(rows);
   FATHOM_CHECK(chunks <= 65535) << "rmsnorm_backward: " << rows << " rows exceed the CUDA kernel's "

@@ -2,13 +2,14 @@
 // each makes the tensors' device current, allocates scratch from the caching allocator on the
 // current stream, and calls the launchers of launchers.h on that stream. Nothing synchronises
 // except reduce_all, which returns a host value.
+#include "kernels/cuda/ops.h"
+
 #include <cmath>
 #include <cstring>
 #include <limits>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/launchers.h"
-#include "kernels/cuda/ops.h"
 #include "kernels/cuda/tensor_args.h"
 
 namespace fathom::cuda {
@@ -122,8 +123,7 @@ void softmax_forward(const Tensor& x, Tensor& y) {
 
 void softmax_backward(const Tensor& dy, const Tensor& y, Tensor& dx) {
   DeviceGuard guard(dx.device().index);
-  launch_softmax_backward(in_ptr(dy), in_ptr(y), out_ptr(dx), rows_of(y), y.dim(-1),
-                          stream_of(dx));
+  launch_softmax_backward(in_ptr(dy), in_ptr(y), out_ptr(dx), rows_of(y), y.dim(-1), stream_of(dx));
 }
 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd) {
@@ -139,9 +139,8 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
   const int64_t cols = x.dim(-1);
   if (rows == 0 || cols == 0) return;
   Tensor scratch = Tensor::empty({rmsnorm_dw_chunks(rows), cols}, DType::kF32, dx.device());
-  launch_rmsnorm_backward(in_ptr(dy), in_ptr(x), w.data<float>(), rstd.data<float>(),
-                          out_ptr(dx), dw.data<float>(), scratch.data<float>(), rows, cols,
-                          stream_of(dx));
+  launch_rmsnorm_backward(in_ptr(dy), in_ptr(x), w.data<float>(), rstd.data<float>(), out_ptr(dx),
+                          dw.data<float>(), scratch.data<float>(), rows, cols, stream_of(dx));
 }
 
 void rope_apply(Tensor& x, const Tensor& positions, const RopeTable& table, bool inverse) {
@@ -210,8 +209,8 @@ double reduce_all(const Tensor& x, Reduce op) {
   DeviceGuard guard(x.device().index);
   // Doubles live in a byte tensor: no f64 dtype. Slot 0 is the result, then the partials.
   const int64_t slots = 1 + reduce_all_scratch(n);
-  Tensor scratch = Tensor::empty({slots * static_cast<int64_t>(sizeof(double))}, DType::kU8,
-                                 x.device());
+  Tensor scratch =
+      Tensor::empty({slots * static_cast<int64_t>(sizeof(double))}, DType::kU8, x.device());
   double* base = static_cast<double*>(scratch.raw_data());
   launch_reduce_all(in_ptr(x), reduce_op(op), n, base + 1, base, stream_of(x));
   double result = 0.0;
@@ -233,15 +232,15 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
       static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(config.beta1), t)));
   step.inv_bias_correction2 =
       static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(config.beta2), t)));
-  launch_adamw(param.data<float>(), grad.data<float>(), out_ptr(m), out_ptr(v), param.numel(),
-               step, stream_of(param));
+  launch_adamw(param.data<float>(), grad.data<float>(), out_ptr(m), out_ptr(v), param.numel(), step,
+               stream_of(param));
 }
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                        const AttentionOptions& options, Tensor& out, Tensor& lse) {
   DeviceGuard guard(q.device().index);
-  AttentionDims d{q.dim(0), q.dim(1), q.dim(2), k.dim(2), q.dim(3), v.dim(3), options.scale,
-                  options.causal};
+  AttentionDims d{q.dim(0), q.dim(1), q.dim(2),      k.dim(2),
+                  q.dim(3), v.dim(3), options.scale, options.causal};
   if (d.scale == 0.0f) d.scale = 1.0f / std::sqrt(static_cast<float>(d.dqk));
   launch_attention_forward(in_ptr(q), in_ptr(k), in_ptr(v), out_ptr(out), lse.data<float>(), d,
                            stream_of(q));
@@ -251,8 +250,8 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
                         const Tensor& lse, const Tensor& dout, const AttentionOptions& options,
                         Tensor& dq, Tensor& dk, Tensor& dv) {
   DeviceGuard guard(q.device().index);
-  AttentionDims d{q.dim(0), q.dim(1), q.dim(2), k.dim(2), q.dim(3), v.dim(3), options.scale,
-                  options.causal};
+  AttentionDims d{q.dim(0), q.dim(1), q.dim(2),      k.dim(2),
+                  q.dim(3), v.dim(3), options.scale, options.causal};
   if (d.scale == 0.0f) d.scale = 1.0f / std::sqrt(static_cast<float>(d.dqk));
   if (q.numel() == 0) {
     // Nothing attends: dk and dv are zero (dq is empty with q).
@@ -272,13 +271,11 @@ void quantize_fp8_into(const Tensor& x, Fp8Tensor& out, Fp8Options options) {
   uint8_t* q = static_cast<uint8_t*>(out.data.raw_data());
   float* scales = out.scales.data<float>();
   if (out.block == ScaleBlock::k1x128) {
-    launch_quantize_1x128(in_ptr(x), rows_of(x), k, options.pow2_scales, q, scales,
-                          stream_of(x));
+    launch_quantize_1x128(in_ptr(x), rows_of(x), k, options.pow2_scales, q, scales, stream_of(x));
   } else {
     const int64_t m = x.dim(-2);
     const int64_t batch = m * k == 0 ? 0 : x.numel() / (m * k);
-    launch_quantize_128x128(in_ptr(x), batch, m, k, options.pow2_scales, q, scales,
-                            stream_of(x));
+    launch_quantize_128x128(in_ptr(x), batch, m, k, options.pow2_scales, q, scales, stream_of(x));
   }
 }
 

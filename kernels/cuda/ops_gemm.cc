@@ -1,7 +1,6 @@
 // The CUDA GEMM family (dense, FP8 block-scaled, grouped) and the fused linear cross-entropy,
 // built on the cuBLASLt wrapper of blas.h plus the kernels of fp8.cu and loss.cu.
 #include <algorithm>
-#include <climits>
 #include <limits>
 #include <vector>
 
@@ -18,7 +17,7 @@ BlasType blas_type(const Tensor& t) {
   return t.dtype() == DType::kBF16 ? BlasType::kBF16 : BlasType::kF32;
 }
 
-// Elements of `t` past its first `rows` rows of `row_elems` each, as a byte offset pointer.
+// Start of row `row` of `t`, read as rows of `row_elems` elements.
 const void* row_ptr(const Tensor& t, int64_t row, int64_t row_elems) {
   return static_cast<const char*>(t.raw_data()) +
          static_cast<size_t>(row * row_elems) * dtype_size(t.dtype());
@@ -65,7 +64,7 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmOptions& option
   const int device = c.device().index;
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(c);
-  const bool batched = a.ndim() == 3;
+  const int64_t batch = a.ndim() == 3 ? a.dim(0) : 1;
   RowMajorGemm g;
   g.trans_a = options.trans_a;
   g.trans_b = options.trans_b;
@@ -77,28 +76,48 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmOptions& option
   g.stride_a = g.m * g.k;
   g.b = b.raw_data();
   g.ldb = b.dim(-1);
-  g.stride_b = b.ndim() == 3 ? g.k * g.n : 0;
+  g.stride_b = g.k * g.n;
   g.stride_c = g.m * g.n;
   g.ab_type = blas_type(a);
-  g.batch = batched ? a.dim(0) : 1;
+  g.batch = batch;
   g.alpha = options.alpha;
   g.beta = options.accumulate ? 1.0f : 0.0f;
+  // Runs the product into c_ptr. A B shared by the whole batch is never given to cuBLASLt as a
+  // zero batch stride: without trans_a the batch is one (batch * m) x k product (as on the CPU),
+  // with trans_a one GEMM per batch entry.
+  auto run = [&](void* c_ptr, BlasType c_type) {
+    g.c = c_ptr;
+    g.c_type = c_type;
+    if (batch == 1 || b.ndim() == 3) {
+      gemm_row_major(g, device, stream);
+    } else if (!options.trans_a) {
+      RowMajorGemm folded = g;
+      folded.m = batch * g.m;
+      folded.batch = 1;
+      gemm_row_major(folded, device, stream);
+    } else {
+      for (int64_t i = 0; i < batch; ++i) {
+        RowMajorGemm one = g;
+        one.batch = 1;
+        one.a = static_cast<const char*>(g.a) +
+                static_cast<size_t>(i * g.stride_a) * dtype_size(a.dtype());
+        one.c = static_cast<char*>(c_ptr) +
+                static_cast<size_t>(i * g.stride_c) * (c_type == BlasType::kF32 ? 4 : 2);
+        gemm_row_major(one, device, stream);
+      }
+    }
+  };
   if (a.dtype() == DType::kF32 && c.dtype() == DType::kBF16) {
     // cuBLASLt has no f32 x f32 -> bf16: compute in f32 scratch, then round into c.
     Tensor c32 = Tensor::empty(c.shape(), DType::kF32, c.device());
     if (options.accumulate) {
-      launch_cast(c.raw_data(), ElemType::kBF16, c32.raw_data(), ElemType::kF32, c.numel(),
-                  stream);
+      launch_cast(c.raw_data(), ElemType::kBF16, c32.raw_data(), ElemType::kF32, c.numel(), stream);
     }
-    g.c = c32.raw_data();
-    g.c_type = BlasType::kF32;
-    gemm_row_major(g, device, stream);
+    run(c32.raw_data(), BlasType::kF32);
     launch_cast(c32.raw_data(), ElemType::kF32, c.raw_data(), ElemType::kBF16, c.numel(), stream);
     return;
   }
-  g.c = c.raw_data();
-  g.c_type = blas_type(c);
-  gemm_row_major(g, device, stream);
+  run(c.raw_data(), blas_type(c));
 }
 
 void gemm_fp8(const Fp8Tensor& a, const Fp8Tensor& b, Tensor& c, bool accumulate) {
@@ -182,8 +201,8 @@ void grouped_gemm_fp8(const Fp8Tensor& x, const Fp8Tensor& w, absl::Span<const i
       Fp8Tensor w_g;  // one expert: its 128x128 blocks never straddle experts
       w_g.block = ScaleBlock::k128x128;
       w_g.data = w.data.narrow(static_cast<int64_t>(g), 1).view({n, k});
-      w_g.scales = w.scales.narrow(static_cast<int64_t>(g), 1)
-                       .view({w.scales.dim(1), w.scales.dim(2)});
+      w_g.scales =
+          w.scales.narrow(static_cast<int64_t>(g), 1).view({w.scales.dim(1), w.scales.dim(2)});
       Tensor y_g = y.narrow(row, counts[g]);
       cuda::gemm_fp8(x_g, w_g, y_g, /*accumulate=*/false);
     }

@@ -74,13 +74,15 @@ void launch_reduce_rows(ConstFloatPtr x, ReduceOp op, float* out, int64_t rows, 
   FATHOM_CUDA_CHECK_LAUNCH();
 }
 
-int64_t reduce_all_scratch(int64_t n) { return std::min<int64_t>(kReduceAllBlocks, std::max<int64_t>(1, ceil_div(n, kThreads))); }
+int64_t reduce_all_scratch(int64_t n) {
+  return std::min<int64_t>(kReduceAllBlocks, std::max<int64_t>(1, ceil_div(n, kThreads)));
+}
 
 void launch_reduce_all(ConstFloatPtr x, ReduceOp op, int64_t n, double* scratch, double* result,
                        cudaStream_t stream) {
   const int64_t blocks = reduce_all_scratch(n);
   reduce_all_partial_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(x, op, n,
-                                                                                     scratch);
+                                                                                    scratch);
   FATHOM_CUDA_CHECK_LAUNCH();
   reduce_all_final_kernel<<<1, kThreads, 0, stream>>>(scratch, blocks, op, n, result);
   FATHOM_CUDA_CHECK_LAUNCH();

@@ -41,9 +41,8 @@ void launch_rope(FloatPtr x, const int32_t* positions, const float* cos, const f
                  int64_t rot_dim, bool half_style, bool inverse, cudaStream_t stream) {
   const int64_t pairs = tokens * heads * (rot_dim / 2);
   if (pairs == 0) return;
-  rope_kernel<<<grid_for(pairs), kThreads, 0, stream>>>(x, positions, cos, sin, max_position,
-                                                        tokens, heads, head_dim, rot_dim,
-                                                        half_style, inverse);
+  rope_kernel<<<grid_for(pairs), kThreads, 0, stream>>>(
+      x, positions, cos, sin, max_position, tokens, heads, head_dim, rot_dim, half_style, inverse);
   FATHOM_CUDA_CHECK_LAUNCH();
 }
 

@@ -22,7 +22,6 @@ using testing::name;
 using testing::on_gpu;
 using testing::random_tensor;
 using testing::scaled_tolerance;
-using testing::tolerance_for;
 
 Device gpu() { return testing::gpu(); }
 
@@ -44,8 +43,7 @@ TEST(CudaAttention, MatchesCpu) {
     for (DType dtype : float_dtypes()) {
       const std::string ctx = absl::StrCat(
           "attention B=", c.batch, " S=", c.seq, " H=", c.heads, " Hkv=", c.kv_heads,
-          " Dqk=", c.dqk, " Dv=", c.dv, " causal=", c.causal, " scale=", c.scale, " ",
-          name(dtype));
+          " Dqk=", c.dqk, " Dv=", c.dv, " causal=", c.causal, " scale=", c.scale, " ", name(dtype));
       AttentionOptions options;
       options.causal = c.causal;
       options.scale = c.scale;

@@ -67,12 +67,12 @@ TEST(CudaOps, CastMatchesCpuBitForBit) {
 
 TEST(CudaOps, FillMatchesCpuBitForBit) {
   FATHOM_REQUIRE_GPU();
-  const std::vector<DType> types = {DType::kF32,    DType::kBF16, DType::kF8E4M3,
-                                    DType::kF8E5M2, DType::kI32,  DType::kI64, DType::kU8};
+  const std::vector<DType> types = {DType::kF32, DType::kBF16, DType::kF8E4M3, DType::kF8E5M2,
+                                    DType::kI32, DType::kI64,  DType::kU8};
   for (int64_t n : awkward_sizes()) {
     for (DType dtype : types) {
       for (float value : {0.0f, -3.3f, 1000.0f}) {
-        if (dtype == DType::kU8 && value < 0) continue;
+        if (dtype == DType::kU8 && (value < 0 || value > 255)) continue;  // no u8 for those
         const std::string ctx = absl::StrCat("fill n=", n, " ", name(dtype), " value=", value);
         Tensor want = Tensor::empty({n}, dtype);
         fill(want, value);
@@ -226,14 +226,42 @@ TEST(CudaOps, RopeMatchesCpu) {
   }
 }
 
+TEST(CudaOps, RopeOutOfRangePositionGivesNaNRotatedDims) {
+  FATHOM_REQUIRE_GPU();
+  // Positions are not checked on the host for CUDA tensors: the kernel marks the bad token.
+  const int64_t max_position = 8, tokens = 3, heads = 2, head_dim = 6, rot = 4;
+  const RopeTable table = make_rope_table({.dim = rot}, max_position, gpu());
+  const Tensor x0 = random_tensor({tokens, heads, head_dim}, 29);
+  Tensor x = on_gpu(x0);
+  rope_apply(x, on_gpu(Tensor::from_vector(std::vector<int32_t>{1, 8, 2}, {tokens})), table);
+  const std::vector<float> got = x.to_floats();
+  const std::vector<float> before = x0.to_floats();
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t d = 0; d < head_dim; ++d) {
+        const int64_t i = (t * heads + h) * head_dim + d;
+        const bool rotated = d >= head_dim - rot;
+        if (t == 1 && rotated) {
+          EXPECT_TRUE(std::isnan(got[i])) << "token " << t << " head " << h << " dim " << d;
+        } else if (!rotated) {
+          EXPECT_EQ(got[i], before[i])
+              << "unrotated dim changed: token " << t << " head " << h << " dim " << d;
+        } else {
+          EXPECT_FALSE(std::isnan(got[i])) << "token " << t << " head " << h << " dim " << d;
+        }
+      }
+    }
+  }
+}
+
 TEST(CudaOps, EmbeddingMatchesCpu) {
   FATHOM_REQUIRE_GPU();
   const int64_t vocab = 50;
   for (int64_t tokens : awkward_sizes()) {
     for (int64_t d : {1, 33, 128}) {
       for (DType dtype : float_dtypes()) {
-        const std::string ctx = absl::StrCat("tokens=", tokens, " vocab=", vocab, " d=", d, " ",
-                                             name(dtype));
+        const std::string ctx =
+            absl::StrCat("tokens=", tokens, " vocab=", vocab, " d=", d, " ", name(dtype));
         // Few distinct ids: many repeats for the deterministic backward.
         const Tensor ids = Tensor::from_vector(random_ids(tokens, 7, 14), {tokens});
         const Tensor table = random_tensor({vocab, d}, 15, dtype);
@@ -260,9 +288,12 @@ TEST(CudaOps, TopkMatchesCpuIncludingTies) {
   for (int64_t experts : awkward_sizes()) {
     for (int64_t k : {int64_t{1}, std::min<int64_t>(8, experts), experts}) {
       const std::string ctx = absl::StrCat("rows=33 experts=", experts, " k=", k);
-      // Values on a coarse grid: many exact ties, which go to the lower index.
+      // Values on a coarse grid: many exact ties, which go to the lower index; some NaN, which
+      // rank above every number.
       std::vector<float> v = random_values(static_cast<size_t>(33 * experts), 18, -4.0f, 4.0f);
-      for (float& x : v) x = std::round(x);
+      for (size_t i = 0; i < v.size(); ++i) {
+        v[i] = i % 11 == 5 ? std::numeric_limits<float>::quiet_NaN() : std::round(v[i]);
+      }
       const Tensor x = Tensor::from_floats(v, {33, experts});
       Tensor values = Tensor::empty({33, k}, DType::kF32);
       Tensor indices = Tensor::empty({33, k}, DType::kI32);
@@ -283,8 +314,8 @@ TEST(CudaOps, GatherScatterAndRowDotMatchCpu) {
     for (int64_t d : {1, 32, 129}) {
       for (DType dtype : float_dtypes()) {
         for (bool with_scale : {false, true}) {
-          const std::string ctx = absl::StrCat("n=", n, " rows=", rows, " d=", d, " ",
-                                               name(dtype), " scale=", with_scale);
+          const std::string ctx = absl::StrCat("n=", n, " rows=", rows, " d=", d, " ", name(dtype),
+                                               " scale=", with_scale);
           const Tolerance tol = tolerance_for(dtype);
           const Tensor index = Tensor::from_vector(random_ids(n, rows, 19), {n});
           const Tensor scale = with_scale ? random_tensor({n}, 20) : Tensor();
@@ -336,8 +367,8 @@ TEST(CudaOps, ReduceMatchesCpu) {
   for (Reduce op : {Reduce::kSum, Reduce::kMean, Reduce::kMax, Reduce::kSumSquares}) {
     for (int64_t cols : awkward_sizes()) {
       for (DType dtype : float_dtypes()) {
-        const std::string ctx = absl::StrCat("op=", static_cast<int>(op), " rows=33 cols=", cols,
-                                             " ", name(dtype));
+        const std::string ctx =
+            absl::StrCat("op=", static_cast<int>(op), " rows=33 cols=", cols, " ", name(dtype));
         const Tensor x = random_tensor({33, cols}, 26, dtype);
         Tensor out = Tensor::empty({33}, DType::kF32);
         Tensor out_gpu = Tensor::empty({33}, DType::kF32, gpu());
@@ -353,6 +384,20 @@ TEST(CudaOps, ReduceMatchesCpu) {
     const Tensor empty = Tensor::empty({0, 4}, DType::kF32, gpu());
     EXPECT_EQ(reduce_all(empty, op), reduce_all(Tensor::empty({0, 4}, DType::kF32), op))
         << "reduce_all of an empty tensor, op=" << static_cast<int>(op);
+  }
+}
+
+TEST(CudaOps, GlobalNormAndClipMatchCpu) {
+  FATHOM_REQUIRE_GPU();
+  for (int64_t n : awkward_sizes()) {
+    const std::string ctx = absl::StrCat("grads f32[", n, "] and bf16[", n, ", 3], max_norm 0.5");
+    Tensor a = random_tensor({n}, 30), b = random_tensor({n, 3}, 31, DType::kBF16);
+    Tensor a_gpu = on_gpu(a), b_gpu = on_gpu(b);
+    const double want = clip_grad_norm({&a, &b}, 0.5);
+    const double got = clip_grad_norm({&a_gpu, &b_gpu}, 0.5);
+    EXPECT_NEAR(got, want, 1e-9 * want) << "norm " << ctx;
+    expect_gpu_close(a_gpu, a, tolerance_for(DType::kF32), "clipped a " + ctx);
+    expect_gpu_close(b_gpu, b, tolerance_for(DType::kBF16), "clipped b " + ctx);
   }
 }
 

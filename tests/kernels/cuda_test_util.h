@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <iomanip>
 #include <random>
 #include <sstream>
 #include <string>
@@ -65,11 +66,11 @@ inline void expect_same_bytes(const Tensor& gpu_result, const Tensor& cpu_result
   for (int64_t i = 0; i < got.numel(); ++i) {
     if (std::memcmp(g + i * elem, w + i * elem, elem) == 0) continue;
     if (bad < 5) {
-      first << "  [" << i << "] got 0x";
-      for (size_t b = elem; b-- > 0;) first << std::hex << static_cast<int>(g[i * elem + b]);
+      first << "  [" << i << "] got 0x" << std::hex << std::setfill('0');
+      for (size_t b = elem; b-- > 0;) first << std::setw(2) << static_cast<int>(g[i * elem + b]);
       first << " want 0x";
-      for (size_t b = elem; b-- > 0;) first << std::hex << static_cast<int>(w[i * elem + b]);
-      first << std::dec << "\n";
+      for (size_t b = elem; b-- > 0;) first << std::setw(2) << static_cast<int>(w[i * elem + b]);
+      first << std::dec << std::setfill(' ') << "\n";
     }
     ++bad;
   }

@@ -145,7 +145,8 @@ class TinyTransformer {
                   .ffn_norm = make_param({c.dim}, 0, rng, false),
                   .w1 = make_param({c.ffn_dim, c.dim}, std, rng),
                   .w3 = make_param({c.ffn_dim, c.dim}, std, rng),
-                  .w2 = make_param({c.dim, c.ffn_dim}, out_std, rng)};
+                  .w2 = make_param({c.dim, c.ffn_dim}, out_std, rng),
+                  .cache = {}};
       layers_.push_back(std::move(layer));
     }
     final_norm_ = make_param({c.dim}, 0, rng, false);

@@ -1,9 +1,9 @@
 // CPU thread count for the host kernels: one setting for OpenMP loops and OpenBLAS calls.
 //
-// The CPU ops use OpenMP loops and OpenBLAS (pthreads build, its own thread pool), never one
-// inside the other without making BLAS single-threaded (kernels/cpu/blas.h), so both pools are
-// sized alike: to the cores this rank may use. Several ranks on one machine must split the cores
-// between them (threads x ranks <= cores, MACHINE.md), or speed collapses.
+// The CPU ops use OpenMP loops and OpenBLAS's OpenMP build, which share one thread pool; both
+// are sized to the cores this rank may use. Several ranks on one machine must split the cores
+// between them (threads x ranks <= cores, MACHINE.md), and should wait passively
+// (OMP_WAIT_POLICY=passive), or speed collapses.
 // The OpenMP count is per calling thread: call set_cpu_threads from the thread that runs the ops,
 // while no op is running.
 #pragma once

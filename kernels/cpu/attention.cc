@@ -59,7 +59,6 @@ void run_tasks(int64_t n, F&& task) {
     for (int64_t i = 0; i < n; ++i) task(i, 0);
     return;
   }
-  const SingleThreadedBlas single_threaded_blas;
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t i = 0; i < n; ++i) task(i, omp_get_thread_num());
 }

@@ -1,11 +1,9 @@
 // Row-major f32 GEMM through OpenBLAS for the CPU backend, with the degenerate sizes BLAS rejects
-// (k == 0, zero leading dims) handled here, and the rule for mixing it with OpenMP.
+// (k == 0, zero leading dims) handled here.
 //
-// OpenBLAS here is the pthreads build: it has its own thread pool, separate from OpenMP's. An op
-// either calls sgemm outside OpenMP regions (sgemm then uses every BLAS thread) or calls it from
-// inside its own OpenMP region under SingleThreadedBlas. Both pools busy-wait after use, so an
-// OpenMP loop right before a threaded sgemm (or sgemm inside an OpenMP region without the guard)
-// leaves the two pools fighting over the cores; on 2 cores that costs several times the work.
+// OpenBLAS is its OpenMP build (see the top-level CMakeLists.txt): it shares OpenMP's thread
+// pool, so OpenMP loops and sgemm calls can follow each other freely, and an sgemm called from
+// inside an OpenMP parallel region runs on the calling thread alone.
 // Not for use outside kernels/cpu/.
 #pragma once
 
@@ -45,24 +43,6 @@ inline void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, f
               static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
               c, static_cast<int>(ldc));
 }
-
-// Makes OpenBLAS single-threaded for the guard's lifetime, for sgemm calls made by OpenMP threads.
-// openblas_set_num_threads is process-wide: this relies on ops running on one thread at a time
-// (kernels/ops.h), so no other thread calls BLAS meanwhile.
-class SingleThreadedBlas {
- public:
-  SingleThreadedBlas() : saved_(openblas_get_num_threads()) {
-    if (saved_ != 1) openblas_set_num_threads(1);
-  }
-  ~SingleThreadedBlas() {
-    if (saved_ != 1) openblas_set_num_threads(saved_);
-  }
-  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
-  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
-
- private:
-  int saved_;
-};
 
 // [begin, end) of part i when n items are split into `parts` nearly equal contiguous parts.
 inline int64_t split_begin(int64_t n, int64_t parts, int64_t i) {

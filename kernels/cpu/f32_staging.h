@@ -1,8 +1,8 @@
 // f32 staging for the CPU backend: BLAS and the fused kernels compute in f32, so bf16 operands are
 // converted into f32 scratch tensors first and bf16 results are converted back at the end.
 // Scratch is a Tensor, so it is counted by cpu_allocator() stats like any other allocation.
-// The conversions are serial: they are memory-bound, cheap next to the GEMM they feed, and an
-// OpenMP loop right before a threaded sgemm slows the sgemm down (kernels/cpu/blas.h).
+// The conversions are OpenMP-parallel for large tensors (inside another parallel region they run
+// on the calling thread, since nested parallelism is off).
 // Not for use outside kernels/cpu/.
 #pragma once
 
@@ -15,10 +15,12 @@ namespace fathom::cpu {
 
 // n values of src converted to f32 at dst.
 inline void convert_to_f32(const bf16* src, float* dst, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > (1 << 15))
   for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_float(src[i]);
 }
 
 inline void convert_from_f32(const float* src, bf16* dst, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > (1 << 15))
   for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
 }
 

@@ -97,7 +97,7 @@ void quantize_typed(const Tensor& x, Fp8Tensor& out, bool pow2) {
 
 // out = q * (the scale of the element's block).
 template <typename T>
-void dequantize_typed(const Fp8Tensor& q, T* y, bool parallel) {
+void dequantize_typed(const Fp8Tensor& q, T* y) {
   const fp8e4m3* data = q.data.data<fp8e4m3>();
   const float* scales = q.scales.data<float>();
   const int64_t k = q.data.dim(-1);
@@ -108,7 +108,7 @@ void dequantize_typed(const Fp8Tensor& q, T* y, bool parallel) {
   // g * mb + (r % m) / 128.
   const int64_t m = q.block == ScaleBlock::k1x128 ? 1 : q.data.dim(-2);
   const int64_t mb = (m + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static) if (parallel && q.data.numel() > (1 << 15))
+#pragma omp parallel for schedule(static) if (q.data.numel() > (1 << 15))
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t scale_row = q.block == ScaleBlock::k1x128 ? r : (r / m) * mb + (r % m) / kBlock;
     const float* row_scales = scales + scale_row * kb;
@@ -130,14 +130,14 @@ void quantize_fp8_into(const Tensor& x, Fp8Tensor& out, Fp8Options options) {
 
 void dequantize_fp8(const Fp8Tensor& q, Tensor& out) {
   if (out.dtype() == DType::kF32) {
-    dequantize_typed(q, out.data<float>(), /*parallel=*/true);
+    dequantize_typed(q, out.data<float>());
   } else {
-    dequantize_typed(q, out.data<bf16>(), /*parallel=*/true);
+    dequantize_typed(q, out.data<bf16>());
   }
 }
 
-void dequantize_fp8_f32(const Fp8Tensor& q, float* out, bool parallel) {
-  dequantize_typed(q, out, parallel);
+void dequantize_fp8_f32(const Fp8Tensor& q, float* out) {
+  dequantize_typed(q, out);
 }
 
 }  // namespace fathom::cpu

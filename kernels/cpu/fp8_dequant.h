@@ -1,5 +1,4 @@
-// Dequantization for other CPU kernels (the FP8 GEMMs), with the choice of running serially:
-// an OpenMP loop right before a threaded sgemm slows the sgemm down (kernels/cpu/blas.h).
+// Dequantization into f32 scratch for other CPU kernels (the FP8 GEMMs dequantize, then sgemm).
 // Not for use outside kernels/cpu/.
 #pragma once
 
@@ -7,7 +6,7 @@
 
 namespace fathom::cpu {
 
-// out (q.shape() floats) = q.data * scale, with OpenMP when `parallel`.
-void dequantize_fp8_f32(const Fp8Tensor& q, float* out, bool parallel);
+// out (q.shape() floats) = q.data * scale, OpenMP-parallel over rows for large tensors.
+void dequantize_fp8_f32(const Fp8Tensor& q, float* out);
 
 }  // namespace fathom::cpu

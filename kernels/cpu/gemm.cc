@@ -1,5 +1,5 @@
-// Dense and grouped GEMM on the host: OpenBLAS sgemm (using every BLAS thread) on f32; bf16
-// operands are staged to f32 and FP8 operands dequantized to f32 first, serially (blas.h).
+// Dense and grouped GEMM on the host: OpenBLAS sgemm (using every thread) on f32; bf16 operands
+// are staged to f32 and FP8 operands dequantized to f32 first.
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/f32_staging.h"
 #include "kernels/cpu/fp8_dequant.h"
@@ -39,8 +39,8 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmOptions& option
 void gemm_fp8(const Fp8Tensor& a, const Fp8Tensor& b, Tensor& c, bool accumulate) {
   Tensor a32 = Tensor::empty(a.shape(), DType::kF32);
   Tensor b32 = Tensor::empty(b.shape(), DType::kF32);
-  dequantize_fp8_f32(a, a32.data<float>(), /*parallel=*/false);
-  dequantize_fp8_f32(b, b32.data<float>(), /*parallel=*/false);
+  dequantize_fp8_f32(a, a32.data<float>());
+  dequantize_fp8_f32(b, b32.data<float>());
   GemmOptions options;
   options.trans_b = true;
   options.accumulate = accumulate;
@@ -80,7 +80,7 @@ void grouped_gemm_weight_grad(const Tensor& dy, const Tensor& x, absl::Span<cons
 void grouped_gemm_fp8(const Fp8Tensor& x, const Fp8Tensor& w, absl::Span<const int64_t> counts,
                       Tensor& y) {
   Tensor x32 = Tensor::empty(x.shape(), DType::kF32);
-  dequantize_fp8_f32(x, x32.data<float>(), /*parallel=*/false);
+  dequantize_fp8_f32(x, x32.data<float>());
   const int64_t n = w.shape()[1];
   const int64_t k = w.shape()[2];
   Tensor w32 = Tensor::empty({n, k}, DType::kF32);
@@ -95,7 +95,7 @@ void grouped_gemm_fp8(const Fp8Tensor& x, const Fp8Tensor& w, absl::Span<const i
       w_g.data = w.data.narrow(static_cast<int64_t>(g), 1).view({n, k});
       w_g.scales =
           w.scales.narrow(static_cast<int64_t>(g), 1).view({w.scales.dim(1), w.scales.dim(2)});
-      dequantize_fp8_f32(w_g, w32.data<float>(), /*parallel=*/false);
+      dequantize_fp8_f32(w_g, w32.data<float>());
       Tensor y_g = y.narrow(row, counts[g]);
       cpu::gemm(x32.narrow(row, counts[g]), w32, y_g, gemm_options);
     }

@@ -73,7 +73,6 @@ void fused_linear_cross_entropy_forward(const Tensor& h, const Tensor& w, const 
   float* z = logits.data<float>();
   float* loss_out = loss.data<float>();
   float* lse_out = lse.data<float>();
-  const SingleThreadedBlas single_threaded_blas;
 #pragma omp parallel
   {
     const int64_t threads = omp_get_num_threads(), thread = omp_get_thread_num();
@@ -136,7 +135,6 @@ void fused_linear_cross_entropy_backward(const Tensor& h, const Tensor& w, const
   float* dhp = dh32.data<float>();
   float* dwp = dw.data<float>();
   float* g = logits.data<float>();
-  const SingleThreadedBlas single_threaded_blas;
 #pragma omp parallel
   {
     const int64_t threads = omp_get_num_threads(), thread = omp_get_thread_num();

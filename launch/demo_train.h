@@ -22,13 +22,13 @@ struct DemoConfig {
   int64_t ffn_dim = 192;
   int64_t seq_len = 64;
   int64_t batch = 8;
-  int64_t steps = 300;
+  int64_t steps = 1500;
   float lr = 3e-3f;
   float weight_decay = 0.01f;
   float clip = 1.0f;
   uint32_t seed = 1;
   int64_t eval_problems = 256;  // held-out problems scored before and after training
-  int64_t log_every = 25;
+  int64_t log_every = 100;
 };
 
 struct DemoStep {

@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "data/tasks.h"
 #include "data/tokenizer.h"
+#include "kernels/cpu_info.h"
 #include "kernels/ops.h"
 #include "kernels/threads.h"
 
@@ -405,6 +406,9 @@ int demo_main(const std::vector<std::string>& args) {
     }
   }
   if (threads > 0) set_cpu_threads(threads);
+  if (const std::string warning = blas_core_warning(); !warning.empty()) {
+    std::printf("warning: %s\n", warning.c_str());
+  }
   std::printf("demo: %lld-layer transformer, dim %lld, %lld heads, %lld x %lld tokens per step, "
               "%lld steps, %d CPU threads\n",
               static_cast<long long>(c.n_layers), static_cast<long long>(c.dim),

@@ -47,36 +47,6 @@ void gemm_fp8(const Fp8Tensor& a, const Fp8Tensor& b, Tensor& c, bool accumulate
   cpu::gemm(a32, b32, c, options);
 }
 
-void grouped_gemm(const Tensor& x, const Tensor& w, absl::Span<const int64_t> counts, Tensor& y,
-                  const GroupedGemmOptions& options) {
-  GemmOptions gemm_options;
-  gemm_options.trans_b = options.trans_w;
-  gemm_options.accumulate = options.accumulate;
-  int64_t row = 0;
-  for (size_t g = 0; g < counts.size(); ++g) {
-    if (counts[g] > 0) {
-      const Tensor w_g = w.narrow(static_cast<int64_t>(g), 1).view({w.dim(1), w.dim(2)});
-      Tensor y_g = y.narrow(row, counts[g]);
-      cpu::gemm(x.narrow(row, counts[g]), w_g, y_g, gemm_options);
-    }
-    row += counts[g];
-  }
-}
-
-void grouped_gemm_weight_grad(const Tensor& dy, const Tensor& x, absl::Span<const int64_t> counts,
-                              Tensor& dw, bool accumulate) {
-  GemmOptions gemm_options;
-  gemm_options.trans_a = true;
-  gemm_options.accumulate = accumulate;
-  int64_t row = 0;
-  for (size_t g = 0; g < counts.size(); ++g) {
-    // An empty group still writes dw[g] (zeros) unless accumulating.
-    Tensor dw_g = dw.narrow(static_cast<int64_t>(g), 1).view({dw.dim(1), dw.dim(2)});
-    cpu::gemm(dy.narrow(row, counts[g]), x.narrow(row, counts[g]), dw_g, gemm_options);
-    row += counts[g];
-  }
-}
-
 void grouped_gemm_fp8(const Fp8Tensor& x, const Fp8Tensor& w, absl::Span<const int64_t> counts,
                       Tensor& y) {
   Tensor x32 = Tensor::empty(x.shape(), DType::kF32);

@@ -45,10 +45,6 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
     Tensor& dv);
 void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmOptions& options);
 void gemm_fp8(const Fp8Tensor& a, const Fp8Tensor& b, Tensor& c, bool accumulate);
-void grouped_gemm(const Tensor& x, const Tensor& w, absl::Span<const int64_t> counts, Tensor& y,
-    const GroupedGemmOptions& options);
-void grouped_gemm_weight_grad(const Tensor& dy, const Tensor& x, absl::Span<const int64_t> counts,
-    Tensor& dw, bool accumulate);
 void grouped_gemm_fp8(const Fp8Tensor& x, const Fp8Tensor& w, absl::Span<const int64_t> counts,
     Tensor& y);
 void quantize_fp8_into(const Tensor& x, Fp8Tensor& out, Fp8Options options);

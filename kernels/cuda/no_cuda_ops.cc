@@ -38,8 +38,6 @@ void attention_forward(const Tensor&, const Tensor&, const Tensor&, const Attent
 void attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const AttentionOptions&, Tensor&, Tensor&, Tensor&) { no_cuda("attention_backward"); }
 void gemm(const Tensor&, const Tensor&, Tensor&, const GemmOptions&) { no_cuda("gemm"); }
 void gemm_fp8(const Fp8Tensor&, const Fp8Tensor&, Tensor&, bool) { no_cuda("gemm_fp8"); }
-void grouped_gemm(const Tensor&, const Tensor&, absl::Span<const int64_t>, Tensor&, const GroupedGemmOptions&) { no_cuda("grouped_gemm"); }
-void grouped_gemm_weight_grad(const Tensor&, const Tensor&, absl::Span<const int64_t>, Tensor&, bool) { no_cuda("grouped_gemm_weight_grad"); }
 void grouped_gemm_fp8(const Fp8Tensor&, const Fp8Tensor&, absl::Span<const int64_t>, Tensor&) { no_cuda("grouped_gemm_fp8"); }
 void quantize_fp8_into(const Tensor&, Fp8Tensor&, Fp8Options) { no_cuda("quantize_fp8_into"); }
 void dequantize_fp8(const Fp8Tensor&, Tensor&) { no_cuda("dequantize_fp8"); }

@@ -157,36 +157,6 @@ void gemm_fp8(const Fp8Tensor& a, const Fp8Tensor& b, Tensor& c, bool accumulate
   cuda::gemm(a16, b16, c, options);
 }
 
-void grouped_gemm(const Tensor& x, const Tensor& w, absl::Span<const int64_t> counts, Tensor& y,
-                  const GroupedGemmOptions& options) {
-  GemmOptions gemm_options;
-  gemm_options.trans_b = options.trans_w;
-  gemm_options.accumulate = options.accumulate;
-  int64_t row = 0;
-  for (size_t g = 0; g < counts.size(); ++g) {
-    if (counts[g] > 0) {
-      const Tensor w_g = w.narrow(static_cast<int64_t>(g), 1).view({w.dim(1), w.dim(2)});
-      Tensor y_g = y.narrow(row, counts[g]);
-      cuda::gemm(x.narrow(row, counts[g]), w_g, y_g, gemm_options);
-    }
-    row += counts[g];
-  }
-}
-
-void grouped_gemm_weight_grad(const Tensor& dy, const Tensor& x, absl::Span<const int64_t> counts,
-                              Tensor& dw, bool accumulate) {
-  GemmOptions gemm_options;
-  gemm_options.trans_a = true;
-  gemm_options.accumulate = accumulate;
-  int64_t row = 0;
-  for (size_t g = 0; g < counts.size(); ++g) {
-    // An empty group still writes dw[g] (zeros) unless accumulating: gemm with k == 0.
-    Tensor dw_g = dw.narrow(static_cast<int64_t>(g), 1).view({dw.dim(1), dw.dim(2)});
-    cuda::gemm(dy.narrow(row, counts[g]), x.narrow(row, counts[g]), dw_g, gemm_options);
-    row += counts[g];
-  }
-}
-
 void grouped_gemm_fp8(const Fp8Tensor& x, const Fp8Tensor& w, absl::Span<const int64_t> counts,
                       Tensor& y) {
   const int64_t n = w.data.dim(1);

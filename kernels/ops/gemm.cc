@@ -34,6 +34,15 @@ void check_counts(const char* op, absl::Span<const int64_t> counts, int64_t grou
                               << ", but there are " << rows << " rows";
 }
 
+// gemm on the tensors' device, for callers that have checked the arguments already.
+void gemm_unchecked(const Tensor& a, const Tensor& b, Tensor& c, const GemmOptions& options) {
+  if (c.is_cuda()) {
+    cuda::gemm(a, b, c, options);
+  } else {
+    cpu::gemm(a, b, c, options);
+  }
+}
+
 }  // namespace
 
 void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmOptions& options) {
@@ -61,11 +70,7 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmOptions& option
   FATHOM_CHECK(c.shape() == want_c)
       << kOp << ": c must have shape " << shape_str(want_c) << " for a " << a.str() << ", b "
       << b.str() << ", got " << c.str();
-  if (c.is_cuda()) {
-    cuda::gemm(a, b, c, options);
-  } else {
-    cpu::gemm(a, b, c, options);
-  }
+  gemm_unchecked(a, b, c, options);
 }
 
 void gemm_fp8(const Fp8Tensor& a, const Fp8Tensor& b, Tensor& c, bool accumulate) {
@@ -104,10 +109,17 @@ void grouped_gemm(const Tensor& x, const Tensor& w, absl::Span<const int64_t> co
                               << " disagree on K (trans_w " << options.trans_w << ")";
   check_shape(kOp, "y", y, {x.dim(0), n});
   check_counts(kOp, counts, w.dim(0), x.dim(0));
-  if (y.is_cuda()) {
-    cuda::grouped_gemm(x, w, counts, y, options);
-  } else {
-    cpu::grouped_gemm(x, w, counts, y, options);
+  // One dense GEMM per non-empty group, on both backends: at the group sizes of training (hundreds
+  // of tokens per expert) each GEMM is large enough to run near peak on its own.
+  const GemmOptions gemm_options{.trans_b = options.trans_w, .accumulate = options.accumulate};
+  int64_t row = 0;
+  for (size_t g = 0; g < counts.size(); ++g) {
+    if (counts[g] > 0) {
+      const Tensor w_g = w.narrow(static_cast<int64_t>(g), 1).view({w.dim(1), w.dim(2)});
+      Tensor y_g = y.narrow(row, counts[g]);
+      gemm_unchecked(x.narrow(row, counts[g]), w_g, y_g, gemm_options);
+    }
+    row += counts[g];
   }
 }
 
@@ -126,10 +138,13 @@ void grouped_gemm_weight_grad(const Tensor& dy, const Tensor& x, absl::Span<cons
       << kOp << ": dw must be (G, " << dy.dim(1) << ", " << x.dim(1) << ") for dy " << dy.str()
       << ", x " << x.str() << ", got " << dw.str();
   check_counts(kOp, counts, dw.dim(0), x.dim(0));
-  if (dw.is_cuda()) {
-    cuda::grouped_gemm_weight_grad(dy, x, counts, dw, accumulate);
-  } else {
-    cpu::grouped_gemm_weight_grad(dy, x, counts, dw, accumulate);
+  const GemmOptions gemm_options{.trans_a = true, .accumulate = accumulate};
+  int64_t row = 0;
+  for (size_t g = 0; g < counts.size(); ++g) {
+    // An empty group still writes dw[g] (zeros, a GEMM with K = 0) unless accumulating.
+    Tensor dw_g = dw.narrow(static_cast<int64_t>(g), 1).view({dw.dim(1), dw.dim(2)});
+    gemm_unchecked(dy.narrow(row, counts[g]), x.narrow(row, counts[g]), dw_g, gemm_options);
+    row += counts[g];
   }
 }
 

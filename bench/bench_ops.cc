@@ -185,21 +185,9 @@ void run_gpu() {
 }  // namespace fathom::bench
 
 int main(int argc, char** argv) {
-  bool gpu = false, quick = false;
-  for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--gpu")) {
-      gpu = true;
-    } else if (!std::strcmp(argv[i], "--quick")) {
-      quick = true;
-    } else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) {
-      fathom::set_cpu_threads(std::atoi(argv[++i]));
-    } else {
-      std::fprintf(stderr, "usage: bench_ops [--gpu] [--threads N] [--quick]\n");
-      return 2;
-    }
-  }
+  const fathom::bench::BenchArgs args = fathom::bench::parse_bench_args(argc, argv, "bench_ops");
   fathom::bench::print_header("bench_ops");
-  fathom::bench::run_cpu(quick);
-  if (gpu) fathom::bench::run_gpu();
+  fathom::bench::run_cpu(args.quick);
+  if (args.gpu) fathom::bench::run_gpu();
   return 0;
 }

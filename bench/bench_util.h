@@ -4,6 +4,8 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <chrono>
 #include <cstdio>
 #include <functional>
@@ -67,6 +69,30 @@ inline Tensor random_tensor(std::initializer_list<int64_t> shape, DType dtype, u
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   for (float& x : v) x = dist(rng);
   return Tensor::from_floats(v, absl::MakeConstSpan(shape.begin(), shape.size()), dtype);
+}
+
+struct BenchArgs {
+  bool gpu = false;    // also run the GPU section
+  bool quick = false;  // shorter timing budget per case
+};
+
+// Parses [--gpu] [--threads N] [--quick] (applying --threads); prints usage and exits 2 on
+// anything else.
+inline BenchArgs parse_bench_args(int argc, char** argv, const char* name) {
+  BenchArgs args;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--gpu")) {
+      args.gpu = true;
+    } else if (!std::strcmp(argv[i], "--quick")) {
+      args.quick = true;
+    } else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc && std::atoi(argv[i + 1]) > 0) {
+      set_cpu_threads(std::atoi(argv[++i]));
+    } else {
+      std::fprintf(stderr, "usage: %s [--gpu] [--threads N] [--quick]\n", name);
+      std::exit(2);
+    }
+  }
+  return args;
 }
 
 // Prints the machine and thread setup, and the OpenBLAS core warning if any.

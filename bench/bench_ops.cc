@@ -60,7 +60,8 @@ std::vector<OpCase> memory_bound_cases(Device device, int64_t rows, int64_t dim)
   std::vector<OpCase> cases;
   for (DType dt : {DType::kF32, DType::kBF16}) {
     const double e = static_cast<double>(dtype_size(dt));
-    const std::string suffix = std::string(" ") + std::string(dtype_name(dt));
+    std::string suffix = " ";
+    suffix += dtype_name(dt);
     Tensor x = random_tensor({rows, dim}, dt, 1).to(device);
     Tensor x2 = random_tensor({rows, dim}, dt, 2).to(device);
     Tensor dy = random_tensor({rows, dim}, dt, 3).to(device);

@@ -18,6 +18,10 @@
 namespace fathom {
 namespace {
 
+using testing::error_of;
+using testing::to_doubles;
+using testing::to_floats;
+
 using testing::expect_close;
 using testing::finite_difference;
 using ::testing::HasSubstr;
@@ -27,25 +31,6 @@ using testing::tolerance_for;
 
 // Gradients: the op's f32 backward against a double finite difference.
 constexpr Tolerance kGradTol{1e-5, 1e-4};
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
-
-std::vector<double> to_doubles(const Tensor& t) {
-  const std::vector<float> f = t.to_floats();
-  return std::vector<double>(f.begin(), f.end());
-}
-
-std::vector<float> to_floats(const std::vector<double>& d) {
-  return std::vector<float>(d.begin(), d.end());
-}
 
 double dsigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 

@@ -16,17 +16,9 @@
 namespace fathom {
 namespace {
 
-using ::testing::HasSubstr;
+using testing::error_of;
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
+using ::testing::HasSubstr;
 
 int64_t ceil128(int64_t n) { return (n + 127) / 128; }
 

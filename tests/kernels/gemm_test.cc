@@ -17,18 +17,10 @@
 namespace fathom {
 namespace {
 
+using testing::error_of;
+
 using ::testing::HasSubstr;
 using testing::random_tensor;
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
 
 // Reference result and, per element, sum_p |a_ip b_pj|, which bounds the f32 rounding error.
 struct Ref {

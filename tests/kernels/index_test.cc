@@ -20,6 +20,10 @@
 namespace fathom {
 namespace {
 
+using testing::error_of;
+using testing::to_doubles;
+using testing::to_floats;
+
 using testing::expect_close;
 using testing::finite_difference;
 using ::testing::HasSubstr;
@@ -28,25 +32,6 @@ using testing::Tolerance;
 using testing::tolerance_for;
 
 constexpr Tolerance kGradTol{1e-5, 1e-4};
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
-
-std::vector<double> to_doubles(const Tensor& t) {
-  const std::vector<float> f = t.to_floats();
-  return std::vector<double>(f.begin(), f.end());
-}
-
-std::vector<float> to_floats(const std::vector<double>& d) {
-  return std::vector<float>(d.begin(), d.end());
-}
 
 // n indices in [0, bound), with repeats, deterministic for a seed.
 std::vector<int32_t> random_indices(int64_t n, int64_t bound, uint32_t seed) {

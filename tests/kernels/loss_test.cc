@@ -18,18 +18,10 @@
 namespace fathom {
 namespace {
 
+using testing::error_of;
+
 using ::testing::HasSubstr;
 using testing::random_tensor;
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
 
 struct RefLoss {
   std::vector<double> loss, lse;

@@ -18,6 +18,10 @@
 namespace fathom {
 namespace {
 
+using testing::error_of;
+using testing::to_doubles;
+using testing::to_floats;
+
 using testing::expect_close;
 using testing::finite_difference;
 using ::testing::HasSubstr;
@@ -26,25 +30,6 @@ using testing::Tolerance;
 using testing::tolerance_for;
 
 constexpr Tolerance kGradTol{1e-5, 1e-4};
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
-
-std::vector<double> to_doubles(const Tensor& t) {
-  const std::vector<float> f = t.to_floats();
-  return std::vector<double>(f.begin(), f.end());
-}
-
-std::vector<float> to_floats(const std::vector<double>& d) {
-  return std::vector<float>(d.begin(), d.end());
-}
 
 // Values in +-[0.2, 1.2): random signs, kept away from 0 so that short rows stay smooth.
 Tensor signed_tensor(std::initializer_list<int64_t> shape, uint32_t seed,

@@ -16,20 +16,14 @@
 namespace fathom {
 namespace {
 
+using testing::error_of;
+using testing::to_doubles;
+using testing::to_floats;
+
 using testing::expect_close;
 using ::testing::HasSubstr;
 using testing::random_tensor;
 using testing::Tolerance;
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
 
 struct RefState {
   std::vector<double> p, m, v;
@@ -45,15 +39,6 @@ void ref_adamw(RefState& s, const std::vector<float>& g, const AdamWConfig& c) {
     const double vhat = s.v[i] / (1 - std::pow(b2, t));
     s.p[i] -= c.lr * (mhat / (std::sqrt(vhat) + c.eps) + c.weight_decay * s.p[i]);
   }
-}
-
-std::vector<float> to_floats(const std::vector<double>& d) {
-  return std::vector<float>(d.begin(), d.end());
-}
-
-std::vector<double> to_doubles(const Tensor& t) {
-  const std::vector<float> f = t.to_floats();
-  return std::vector<double>(f.begin(), f.end());
 }
 
 TEST(AdamWTest, StepsMatchReference) {

@@ -19,19 +19,11 @@
 namespace fathom {
 namespace {
 
+using testing::error_of;
+
 using testing::expect_close;
 using ::testing::HasSubstr;
 using testing::random_tensor;
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
 
 const char* reduce_name(Reduce op) {
   switch (op) {

@@ -19,30 +19,15 @@
 namespace fathom {
 namespace {
 
+using testing::error_of;
+using testing::to_doubles;
+using testing::to_floats;
+
 using testing::expect_close;
 using testing::finite_difference;
 using ::testing::HasSubstr;
 using testing::random_tensor;
 using testing::tolerance_for;
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
-
-std::vector<double> to_doubles(const Tensor& t) {
-  const std::vector<float> f = t.to_floats();
-  return std::vector<double>(f.begin(), f.end());
-}
-
-std::vector<float> to_floats(const std::vector<double>& d) {
-  return std::vector<float>(d.begin(), d.end());
-}
 
 const char* style_name(RopeStyle s) { return s == RopeStyle::kHalf ? "half" : "interleaved"; }
 

@@ -6,21 +6,14 @@
 #include <limits>
 
 #include "kernels/allocator.h"
+#include "tests/kernels/test_util.h"
 
 namespace fathom {
 namespace {
 
-using ::testing::HasSubstr;
+using testing::error_of;
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
+using ::testing::HasSubstr;
 
 TEST(Tensor, EmptyHasShapeDtypeDevice) {
   Tensor t = Tensor::empty({2, 3, 4}, DType::kBF16);

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/check.h"
 #include "kernels/device.h"
 #include "kernels/tensor.h"
 
@@ -81,6 +82,26 @@ inline void expect_close(const std::vector<float>& got, const std::vector<float>
 inline void expect_close(const Tensor& got, const Tensor& want, Tolerance tol,
                          const std::string& context) {
   expect_close(got.to_floats(), want.to_floats(), tol, context + " (" + got.str() + ")");
+}
+
+// The message of the fathom::Error that f() throws, or "no error".
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+inline std::vector<double> to_doubles(const Tensor& t) {
+  const std::vector<float> f = t.to_floats();
+  return std::vector<double>(f.begin(), f.end());
+}
+
+inline std::vector<float> to_floats(const std::vector<double>& d) {
+  return std::vector<float>(d.begin(), d.end());
 }
 
 // Central finite difference of a scalar function f over the elements of x (double precision):

@@ -180,12 +180,35 @@ void grouped_gemm_fp8(const Fp8Tensor& x, const Fp8Tensor& w, absl::Span<const i
   }
 }
 
+namespace {
+
+// logits (tokens, rows) f32 = h @ w[v0 : v0 + rows]^T: one vocabulary chunk of the head, shared by
+// the cross-entropy forward and its backward (which recomputes it).
+void chunk_logits(const Tensor& h, const Tensor& w, int64_t v0, int64_t rows, Tensor& logits,
+                  int device, cudaStream_t stream) {
+  const int64_t d = h.dim(1);
+  RowMajorGemm g;
+  g.trans_b = true;
+  g.m = h.dim(0);
+  g.n = rows;
+  g.k = d;
+  g.a = h.raw_data();
+  g.lda = d;
+  g.b = row_ptr(w, v0, d);
+  g.ldb = d;
+  g.c = logits.raw_data();
+  g.ab_type = blas_type(h);
+  g.c_type = BlasType::kF32;
+  gemm_row_major(g, device, stream);
+}
+
+}  // namespace
+
 void fused_linear_cross_entropy_forward(const Tensor& h, const Tensor& w, const Tensor& targets,
                                         Tensor& loss, Tensor& lse,
                                         const CrossEntropyOptions& options) {
   constexpr const char* kOp = "fused_linear_cross_entropy_forward";
   const int64_t tokens = h.dim(0);
-  const int64_t d = h.dim(1);
   const int64_t vocab = w.dim(0);
   const int device = h.device().index;
   DeviceGuard guard(device);
@@ -203,19 +226,7 @@ void fused_linear_cross_entropy_forward(const Tensor& h, const Tensor& w, const 
   cuda::fill(target_logit, 0.0f);
   for (int64_t v0 = 0; v0 < vocab; v0 += chunk) {
     const int64_t rows = std::min(chunk, vocab - v0);
-    RowMajorGemm g;  // logits (tokens, rows) = h @ w[v0 : v0 + rows]^T
-    g.trans_b = true;
-    g.m = tokens;
-    g.n = rows;
-    g.k = d;
-    g.a = h.raw_data();
-    g.lda = d;
-    g.b = row_ptr(w, v0, d);
-    g.ldb = d;
-    g.c = logits.raw_data();
-    g.ab_type = blas_type(h);
-    g.c_type = BlasType::kF32;
-    gemm_row_major(g, device, stream);
+    chunk_logits(h, w, v0, rows, logits, device, stream);
     launch_ce_chunk_forward(logits.data<float>(), tokens, rows, v0, targets.data<int32_t>(),
                             options.ignore_index, run_max.data<float>(), run_sum.data<float>(),
                             target_logit.data<float>(), stream);
@@ -246,19 +257,7 @@ void fused_linear_cross_entropy_backward(const Tensor& h, const Tensor& w, const
   Tensor dh32 = dh.dtype() == DType::kF32 ? dh : Tensor::empty(dh.shape(), DType::kF32, h.device());
   for (int64_t v0 = 0; v0 < vocab; v0 += chunk) {
     const int64_t rows = std::min(chunk, vocab - v0);
-    RowMajorGemm z;  // logits (tokens, rows) = h @ w_chunk^T
-    z.trans_b = true;
-    z.m = tokens;
-    z.n = rows;
-    z.k = d;
-    z.a = h.raw_data();
-    z.lda = d;
-    z.b = row_ptr(w, v0, d);
-    z.ldb = d;
-    z.c = logits.raw_data();
-    z.ab_type = blas_type(h);
-    z.c_type = BlasType::kF32;
-    gemm_row_major(z, device, stream);
+    chunk_logits(h, w, v0, rows, logits, device, stream);
     launch_ce_chunk_backward(logits.data<float>(), tokens, rows, v0, targets.data<int32_t>(),
                              options.ignore_index, lse.data<float>(), dloss.data<float>(),
                              FloatPtr{grad.raw_data(), bf16}, stream);

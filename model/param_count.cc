@@ -178,18 +178,6 @@ ParamCount count_parameters(const ModelConfig& c) {
   return p;
 }
 
-std::string_view precision_name(TrainingPrecision p) {
-  switch (p) {
-    case TrainingPrecision::kFp32:
-      return "fp32";
-    case TrainingPrecision::kBf16:
-      return "bf16";
-    case TrainingPrecision::kFp8:
-      return "fp8";
-  }
-  return "?";
-}
-
 int64_t training_state_bytes(const ParamCount& count, TrainingPrecision precision) {
   const int64_t params = count.trained();
   const int64_t buffers = 4 * count.router_bias;

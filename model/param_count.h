@@ -41,6 +41,7 @@
 #include <string_view>
 
 #include "model/config.h"
+#include "model/precision.h"
 
 namespace fathom::model {
 
@@ -95,10 +96,6 @@ int64_t shared_expert_parameters(const ModelConfig& config);
 int64_t gate_parameters(const ModelConfig& config);
 int64_t block_parameters(const ModelConfig& config, bool moe);
 int64_t mtp_module_parameters(const ModelConfig& config);
-
-// Training precision modes (the `precision:` of a run).
-enum class TrainingPrecision : uint8_t { kFp32, kBf16, kFp8 };
-std::string_view precision_name(TrainingPrecision p);  // "fp32" / "bf16" / "fp8"
 
 // Bytes of training state per trained parameter: weights + gradients + AdamW moments (m and v).
 // Activations, communication buffers and ZeRO sharding are not included.

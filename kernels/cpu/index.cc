@@ -189,4 +189,63 @@ void gathered_row_dot(const Tensor& a, const Tensor& index, const Tensor& b, Ten
   });
 }
 
+namespace {
+
+// Blocks of 32 x 32 keep both the reads and the writes within a few cache lines.
+template <typename T>
+void transpose_typed(const T* x, T* y, int64_t batch, int64_t m, int64_t n) {
+  constexpr int64_t kBlock = 32;
+  const int64_t row_blocks = (m + kBlock - 1) / kBlock;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t rb = 0; rb < row_blocks; ++rb) {
+      const T* xb = x + b * m * n;
+      T* yb = y + b * m * n;
+      const int64_t r_end = std::min(m, (rb + 1) * kBlock);
+      for (int64_t c0 = 0; c0 < n; c0 += kBlock) {
+        const int64_t c_end = std::min(n, c0 + kBlock);
+        for (int64_t r = rb * kBlock; r < r_end; ++r) {
+          for (int64_t c = c0; c < c_end; ++c) yb[c * m + r] = xb[r * n + c];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void transpose(const Tensor& x, Tensor& y) {
+  const int64_t m = x.dim(-2);
+  const int64_t n = x.dim(-1);
+  const int64_t batch = m * n == 0 ? 0 : x.numel() / (m * n);
+  switch (dtype_size(x.dtype())) {
+    case 1:
+      transpose_typed(static_cast<const uint8_t*>(x.raw_data()),
+                      static_cast<uint8_t*>(y.raw_data()), batch, m, n);
+      break;
+    case 2:
+      transpose_typed(static_cast<const uint16_t*>(x.raw_data()),
+                      static_cast<uint16_t*>(y.raw_data()), batch, m, n);
+      break;
+    default:
+      transpose_typed(static_cast<const uint32_t*>(x.raw_data()),
+                      static_cast<uint32_t*>(y.raw_data()), batch, m, n);
+      break;
+  }
+}
+
+void copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
+                  int64_t cols) {
+  const int64_t rows = src.dim(0);
+  const size_t elem = dtype_size(src.dtype());
+  const auto* s = static_cast<const char*>(src.raw_data());
+  auto* d = static_cast<char*>(dst.raw_data());
+  const int64_t sp = src.dim(1);
+  const int64_t dp = dst.dim(1);
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+  for (int64_t r = 0; r < rows; ++r) {
+    std::memcpy(d + (r * dp + dst_col) * elem, s + (r * sp + src_col) * elem, cols * elem);
+  }
+}
+
 }  // namespace fathom::cpu

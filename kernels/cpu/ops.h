@@ -29,6 +29,8 @@ void topk(const Tensor& x, int64_t k, Tensor& values, Tensor& indices);
 void gather_rows(const Tensor& x, const Tensor& index, const Tensor& scale, Tensor& out);
 void scatter_add_rows(const Tensor& x, const Tensor& index, const Tensor& scale, Tensor& out);
 void gathered_row_dot(const Tensor& a, const Tensor& index, const Tensor& b, Tensor& out);
+void transpose(const Tensor& x, Tensor& y);
+void copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col, int64_t cols);
 void reduce_rows(const Tensor& x, Reduce op, Tensor& out);
 double reduce_all(const Tensor& x, Reduce op);
 void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWConfig&

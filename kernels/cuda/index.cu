@@ -150,6 +150,39 @@ size_t cub_sort_bytes(int64_t n) {
   return bytes;
 }
 
+
+// 32 x 32 tiles through shared memory (padded against bank conflicts); blockIdx.z walks the batch.
+template <typename T>
+__global__ void transpose_kernel(const T* x, T* y, int64_t m, int64_t n) {
+  constexpr int kTile = 32;
+  __shared__ T tile[kTile][kTile + 1];
+  const int64_t offset = static_cast<int64_t>(blockIdx.z) * m * n;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kTile;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  for (int i = threadIdx.y; i < kTile; i += blockDim.y) {
+    const int64_t r = r0 + i;
+    const int64_t c = c0 + threadIdx.x;
+    if (r < m && c < n) tile[i][threadIdx.x] = x[offset + r * n + c];
+  }
+  __syncthreads();
+  for (int i = threadIdx.y; i < kTile; i += blockDim.y) {
+    const int64_t c = c0 + i;  // row of y
+    const int64_t r = r0 + threadIdx.x;
+    if (r < m && c < n) y[offset + c * m + r] = tile[threadIdx.x][i];
+  }
+}
+
+template <typename T>
+void launch_transpose_typed(const void* x, void* y, int64_t batch, int64_t m, int64_t n,
+                            cudaStream_t stream) {
+  FATHOM_CHECK(batch <= 65535) << "transpose: batch " << batch << " exceeds the grid limit";
+  const dim3 grid(static_cast<unsigned>(ceil_div(n, 32)), static_cast<unsigned>(ceil_div(m, 32)),
+                  static_cast<unsigned>(batch));
+  transpose_kernel<T><<<grid, dim3(32, 8), 0, stream>>>(static_cast<const T*>(x),
+                                                        static_cast<T*>(y), m, n);
+  FATHOM_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
 
 void launch_gather_rows(ConstFloatPtr x, const int32_t* index, const float* scale, FloatPtr out,
@@ -203,6 +236,29 @@ void launch_topk(const float* x, int64_t rows, int64_t cols, int64_t k, float* v
   const int threads = static_cast<int>(std::min<int64_t>(kThreads, ceil_div(cols, 32) * 32));
   topk_kernel<<<grid_for(rows, 1), threads, 0, stream>>>(x, rows, cols, k, values, indices);
   FATHOM_CUDA_CHECK_LAUNCH();
+}
+
+void launch_transpose(const void* x, void* y, int elem_bytes, int64_t batch, int64_t m, int64_t n,
+                      cudaStream_t stream) {
+  if (batch == 0 || m == 0 || n == 0) return;
+  switch (elem_bytes) {
+    case 1:
+      launch_transpose_typed<uint8_t>(x, y, batch, m, n, stream);
+      break;
+    case 2:
+      launch_transpose_typed<uint16_t>(x, y, batch, m, n, stream);
+      break;
+    default:
+      launch_transpose_typed<uint32_t>(x, y, batch, m, n, stream);
+      break;
+  }
+}
+
+void launch_copy_2d(const void* src, size_t src_pitch, void* dst, size_t dst_pitch,
+                    size_t width_bytes, int64_t rows, cudaStream_t stream) {
+  if (rows == 0 || width_bytes == 0) return;
+  FATHOM_CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width_bytes,
+                                      static_cast<size_t>(rows), cudaMemcpyDeviceToDevice, stream));
 }
 
 }  // namespace fathom::cuda

@@ -87,6 +87,12 @@ void launch_scatter_add_rows(ConstFloatPtr x, const int32_t* index, const float*
 // out[i] = dot(a[index[i]], b[i]) in f32; NaN for an index outside [0, rows).
 void launch_gathered_row_dot(ConstFloatPtr a, const int32_t* index, ConstFloatPtr b, float* out,
                              int64_t n, int64_t rows, int64_t d, cudaStream_t stream);
+// y (batch, n, m) = x (batch, m, n) with the last two dims swapped; elements of elem_bytes 1, 2, 4.
+void launch_transpose(const void* x, void* y, int elem_bytes, int64_t batch, int64_t m, int64_t n,
+                      cudaStream_t stream);
+// rows x width_bytes block from src (row pitch src_pitch bytes) to dst (dst_pitch), device to device.
+void launch_copy_2d(const void* src, size_t src_pitch, void* dst, size_t dst_pitch,
+                    size_t width_bytes, int64_t rows, cudaStream_t stream);
 // Largest k of each row of x (rows, cols), descending, ties to the lower index.
 void launch_topk(const float* x, int64_t rows, int64_t cols, int64_t k, float* values,
                  int32_t* indices, cudaStream_t stream);

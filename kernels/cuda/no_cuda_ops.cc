@@ -29,6 +29,8 @@ void topk(const Tensor&, int64_t, Tensor&, Tensor&) { no_cuda("topk"); }
 void gather_rows(const Tensor&, const Tensor&, const Tensor&, Tensor&) { no_cuda("gather_rows"); }
 void scatter_add_rows(const Tensor&, const Tensor&, const Tensor&, Tensor&) { no_cuda("scatter_add_rows"); }
 void gathered_row_dot(const Tensor&, const Tensor&, const Tensor&, Tensor&) { no_cuda("gathered_row_dot"); }
+void transpose(const Tensor&, Tensor&) { no_cuda("transpose"); }
+void copy_columns(const Tensor&, int64_t, Tensor&, int64_t, int64_t) { no_cuda("copy_columns"); }
 void reduce_rows(const Tensor&, Reduce, Tensor&) { no_cuda("reduce_rows"); }
 double reduce_all(const Tensor&, Reduce) { no_cuda("reduce_all"); }
 void adamw_update(Tensor&, const Tensor&, Tensor&, Tensor&, const AdamWConfig&) { no_cuda("adamw_update"); }

@@ -197,6 +197,24 @@ void gathered_row_dot(const Tensor& a, const Tensor& index, const Tensor& b, Ten
                           index.numel(), a.dim(0), a.dim(1), stream_of(out));
 }
 
+void transpose(const Tensor& x, Tensor& y) {
+  DeviceGuard guard(y.device().index);
+  const int64_t m = x.dim(-2);
+  const int64_t n = x.dim(-1);
+  if (m * n == 0) return;
+  launch_transpose(x.raw_data(), y.raw_data(), static_cast<int>(dtype_size(x.dtype())),
+                   x.numel() / (m * n), m, n, stream_of(y));
+}
+
+void copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
+                  int64_t cols) {
+  DeviceGuard guard(dst.device().index);
+  const size_t elem = dtype_size(src.dtype());
+  launch_copy_2d(static_cast<const char*>(src.raw_data()) + src_col * elem, src.dim(1) * elem,
+                 static_cast<char*>(dst.raw_data()) + dst_col * elem, dst.dim(1) * elem,
+                 cols * elem, src.dim(0), stream_of(dst));
+}
+
 void reduce_rows(const Tensor& x, Reduce op, Tensor& out) {
   DeviceGuard guard(out.device().index);
   launch_reduce_rows(in_ptr(x), reduce_op(op), out.data<float>(), out.numel(), x.dim(-1),

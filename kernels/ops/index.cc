@@ -142,4 +142,45 @@ void gathered_row_dot(const Tensor& a, const Tensor& index, const Tensor& b, Ten
   }
 }
 
+void transpose(const Tensor& x, Tensor& y) {
+  constexpr const char* kOp = "transpose";
+  check_defined(kOp, "x", x);
+  FATHOM_CHECK(x.ndim() >= 2) << kOp << ": x must be at least 2-d, got " << x.str();
+  const size_t elem = dtype_size(x.dtype());
+  FATHOM_CHECK(elem == 1 || elem == 2 || elem == 4)
+      << kOp << ": elements of 1, 2 or 4 bytes expected, got " << x.str();
+  check_dtype(kOp, "y", y, x.dtype());
+  Shape swapped = x.shape();
+  std::swap(swapped[swapped.size() - 1], swapped[swapped.size() - 2]);
+  check_shape(kOp, "y", y, swapped);
+  check_same_device(kOp, {&x, &y});
+  if (x.is_cuda()) {
+    cuda::transpose(x, y);
+  } else {
+    cpu::transpose(x, y);
+  }
+}
+
+void copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
+                  int64_t cols) {
+  constexpr const char* kOp = "copy_columns";
+  check_defined(kOp, "src", src);
+  check_defined(kOp, "dst", dst);
+  FATHOM_CHECK(src.ndim() == 2 && dst.ndim() == 2)
+      << kOp << ": 2-d tensors expected, got " << src.str() << " and " << dst.str();
+  check_dtype(kOp, "dst", dst, src.dtype());
+  FATHOM_CHECK(src.dim(0) == dst.dim(0))
+      << kOp << ": row counts differ: " << src.str() << " vs " << dst.str();
+  FATHOM_CHECK(cols >= 0 && src_col >= 0 && dst_col >= 0 && src_col + cols <= src.dim(1) &&
+               dst_col + cols <= dst.dim(1))
+      << kOp << ": columns [" << src_col << ", " << src_col + cols << ") of " << src.str()
+      << " to [" << dst_col << ", " << dst_col + cols << ") of " << dst.str() << " out of range";
+  check_same_device(kOp, {&src, &dst});
+  if (src.is_cuda()) {
+    cuda::copy_columns(src, src_col, dst, dst_col, cols);
+  } else {
+    cpu::copy_columns(src, src_col, dst, dst_col, cols);
+  }
+}
+
 }  // namespace fathom

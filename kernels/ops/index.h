@@ -30,4 +30,14 @@ void scatter_add_rows(const Tensor& x, const Tensor& index, const Tensor& scale,
 // (The gate-weight gradient of unpermute.)
 void gathered_row_dot(const Tensor& a, const Tensor& index, const Tensor& b, Tensor& out);
 
+// y = x with its last two dims swapped: x (batch..., M, N) -> y (batch..., N, M), >= 2-D, same
+// dtype (any dtype of 1, 2 or 4 bytes: f32, bf16, fp8, i32, u8). The FP8 backward GEMMs need
+// their operands with the reduced dim last (weights transposed, activations along tokens).
+void transpose(const Tensor& x, Tensor& y);
+
+// dst[r, dst_col + j] = src[r, src_col + j] for every row r and j < cols: a strided block copy
+// between 2-D tensors of the same dtype and row count (splitting and concatenating along columns:
+// per-head [nope | rope] parts, [kv_lora | rope] of wkv_a, MTP's [embedding ; hidden]).
+void copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col, int64_t cols);
+
 }  // namespace fathom

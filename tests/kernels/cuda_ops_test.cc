@@ -347,6 +347,37 @@ TEST(CudaOps, GatherScatterAndRowDotMatchCpu) {
   }
 }
 
+TEST(CudaOps, TransposeMatchesCpuBitForBit) {
+  FATHOM_REQUIRE_GPU();
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kF8E4M3}) {
+    for (int64_t m : awkward_sizes()) {
+      for (int64_t n : {int64_t{1}, int64_t{33}, int64_t{128}}) {
+        const std::string ctx = absl::StrCat(std::string(dtype_name(dtype)), " m=", m, " n=", n);
+        const Tensor x = random_tensor({3, m, n}, 5, dtype);
+        Tensor y = Tensor::empty({3, n, m}, dtype);
+        Tensor y_gpu = Tensor::empty({3, n, m}, dtype, gpu());
+        transpose(x, y);
+        transpose(on_gpu(x), y_gpu);
+        expect_same_bytes(y_gpu, y, "transpose " + ctx);
+      }
+    }
+  }
+}
+
+TEST(CudaOps, CopyColumnsMatchesCpu) {
+  FATHOM_REQUIRE_GPU();
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (int64_t rows : awkward_sizes()) {
+      const Tensor src = random_tensor({rows, 37}, 9, dtype);
+      Tensor dst = Tensor::zeros({rows, 20}, dtype);
+      Tensor dst_gpu = Tensor::zeros({rows, 20}, dtype, gpu());
+      copy_columns(src, 30, dst, 3, 7);
+      copy_columns(on_gpu(src), 30, dst_gpu, 3, 7);
+      expect_same_bytes(dst_gpu, dst, absl::StrCat("copy_columns rows=", rows));
+    }
+  }
+}
+
 TEST(CudaOps, ScatterAddIsDeterministic) {
   FATHOM_REQUIRE_GPU();
   // Thousands of contributions to three rows: any ordering race would show up as bit changes.

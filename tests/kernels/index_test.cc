@@ -383,5 +383,48 @@ TEST(IndexErrorsTest, ShapesAndDtypes) {
   EXPECT_THAT(e, HasSubstr("gathered_row_dot: b must have shape [3, 4], got f32[3, 5]@cpu"));
 }
 
+TEST(TransposeTest, SwapsLastTwoDimsForEveryElementSize) {
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kF8E4M3}) {
+    for (int64_t m : {1, 31, 33, 129}) {
+      for (int64_t n : {1, 32, 65}) {
+        const Tensor x = random_tensor({2, m, n}, 11, dtype);
+        Tensor y = Tensor::empty({2, n, m}, dtype);
+        transpose(x, y);
+        const std::vector<float> xs = x.to_floats();
+        const std::vector<float> ys = y.to_floats();
+        for (int64_t b = 0; b < 2; ++b) {
+          for (int64_t r = 0; r < m; ++r) {
+            for (int64_t c = 0; c < n; ++c) {
+              ASSERT_EQ(ys[(b * n + c) * m + r], xs[(b * m + r) * n + c])
+                  << dtype_name(dtype) << " m=" << m << " n=" << n << " at " << b << "," << r
+                  << "," << c;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(TransposeTest, RejectsWrongOutputShape) {
+  const Tensor x = Tensor::zeros({3, 5}, DType::kF32);
+  Tensor y = Tensor::empty({3, 5}, DType::kF32);
+  EXPECT_THAT(error_of([&] { transpose(x, y); }), HasSubstr("transpose: y must have shape [5, 3], got f32[3, 5]@cpu"));
+}
+
+TEST(CopyColumnsTest, CopiesBlockAndLeavesTheRest) {
+  const Tensor src = random_tensor({5, 7}, 3);
+  Tensor dst = Tensor::zeros({5, 4}, DType::kF32);
+  copy_columns(src, 2, dst, 1, 3);
+  const std::vector<float> s = src.to_floats();
+  const std::vector<float> d = dst.to_floats();
+  for (int64_t r = 0; r < 5; ++r) {
+    EXPECT_EQ(d[r * 4], 0.0f) << "row " << r;
+    for (int64_t j = 0; j < 3; ++j) EXPECT_EQ(d[r * 4 + 1 + j], s[r * 7 + 2 + j]) << r << "," << j;
+  }
+  EXPECT_THAT(error_of([&] { copy_columns(src, 5, dst, 0, 3); }),
+              HasSubstr("columns [5, 8) of f32[5, 7]@cpu to [0, 3) of f32[5, 4]@cpu out of range"));
+}
+
 }  // namespace
 }  // namespace fathom

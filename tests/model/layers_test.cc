@@ -128,6 +128,7 @@ TEST(LinearTest, WorkingCopyFollowsParameterVersion) {
   Tensor y2 = Tensor::empty({2, 4}, DType::kF32);
   lin.forward(x, y1);
   scale(lin.weight.value, 2.0f);
+  ++lin.weight.version;
   lin.forward(x, y2);
   const std::vector<float> a = y1.to_floats(), b = y2.to_floats();
   for (size_t i = 0; i < a.size(); ++i) EXPECT_FLOAT_EQ(b[i], 2 * a[i]) << i;

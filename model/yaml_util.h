@@ -85,6 +85,10 @@ class MapReader {
   // One of `allowed`; anything else is an error listing them, with a "did you mean" suggestion.
   void read_choice(std::string_view key, absl::Span<const std::string> allowed, std::string* out);
 
+  // The value of `key` as it is (a nested mapping, a list, a scalar), marking the key as known, so
+  // that a section can be handed to its own reader; an undefined node when absent.
+  YAML::Node node(std::string_view key) { return value(key); }
+
   // Whether `key` is present in the mapping.
   bool has(std::string_view key) const;
   // The line of `key` in the file (1-based), 0 when absent or unknown.

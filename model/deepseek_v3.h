@@ -1,0 +1,108 @@
+// The DeepSeek-V3 model (SPEC.md section 1): embedding, n_layers blocks (MLA + dense FFN or
+// DeepSeekMoE), final RMSNorm, output head, and mtp_depth multi-token-prediction modules sharing
+// the embedding and head. Forward and backward are explicit (DESIGN.md decision 1).
+//
+// A micro-batch is a host or device tensor tokens (B, S + mtp_depth + 1) i32: the main model reads
+// tokens[:, 0:S] and predicts tokens[:, 1:S+1]; MTP depth k (1-based) embeds tokens[:, k:S+k] and
+// predicts tokens[:, k+1:S+k+1]. Every sequence therefore yields S predictions at every depth.
+// Targets equal to OutputHead::kIgnoreIndex (-1) are not scored.
+//
+//   lm_loss  = mean CE of the main head over scored tokens
+//   mtp_loss = mean over depths of each depth's mean CE
+//   balance  = sum over every MoE block (main and MTP) of its sequence-wise balance loss
+//   total    = lm_loss + mtp_lambda * mtp_loss + balance
+// (SPEC.md: L_MTP = lambda / D * sum_k CE_k.)
+//
+// MTP module k: x = eh_proj([enorm(Emb(tokens shifted by k)) ; hnorm(h_{k-1})]), one Block, then
+// its own norm and the shared head; h_0 is the main model's last block output (before the final
+// norm), h_k the block output of module k. Gradients of the MTP losses flow into the main model.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "kernels/ops/rope.h"
+#include "kernels/tensor.h"
+#include "model/block.h"
+#include "model/config.h"
+#include "model/embedding.h"
+#include "model/head.h"
+#include "model/linear.h"
+#include "model/module.h"
+#include "model/norm.h"
+#include "model/precision.h"
+
+namespace fathom::model {
+
+struct ModelOptions {
+  bool recompute = false;                 // see BlockOptions
+  TokenDispatcher* dispatcher = nullptr;  // shared by every MoE block; nullptr: local
+};
+
+struct Losses {
+  double total = 0;
+  double lm = 0;
+  double mtp = 0;      // unweighted mean over depths (0 without MTP)
+  double balance = 0;  // summed over MoE blocks
+  int64_t tokens = 0;  // scored main-model tokens
+};
+
+class DeepSeekV3 {
+ public:
+  DeepSeekV3(const ModelConfig& config, TrainingPrecision precision, Device device,
+             const ModelOptions& options = {});
+  DeepSeekV3(const DeepSeekV3&) = delete;
+  DeepSeekV3& operator=(const DeepSeekV3&) = delete;
+
+  // Normal(0, init_std) for every matrix (keyed by seed and parameter name), norms 1, biases 0.
+  void init(uint64_t seed);
+
+  // Forward and backward of one micro-batch: every parameter gradient += loss_scale * d total /
+  // d parameter (loss_scale = 1 / micro-batches for gradient accumulation). GEMM weight gradients
+  // go through `store` when given. Returns the losses of this micro-batch. tokens: see above;
+  // an id outside [0, vocab_size) or a sequence longer than max_seq_len throws fathom::Error.
+  Losses forward_backward(const Tensor& tokens, double loss_scale,
+                          WeightGradStore* store = nullptr);
+  // Forward only (evaluation): the same losses, no gradients, no expert-load accounting.
+  Losses evaluate(const Tensor& tokens);
+  // Main-head logits (B*S, vocab) f32 for tokens (B, S + mtp_depth + 1) (tests, evaluation), and
+  // the losses of that forward when `losses` is given.
+  Tensor logits(const Tensor& tokens, Losses* losses = nullptr);
+
+  // Every trained parameter, in a fixed order (main model, then MTP modules).
+  ParameterList parameters();
+  // Router biases of every MoE block.
+  BufferList buffers();
+  // The MoE blocks' layers (main, then MTP), for expert load and the bias update.
+  std::vector<Moe*> moe_layers();
+
+  const ModelConfig& config() const { return config_; }
+  TrainingPrecision precision() const { return precision_; }
+  Device device() const { return device_; }
+
+ private:
+  struct MtpModule {
+    RmsNorm enorm;
+    RmsNorm hnorm;
+    Linear eh_proj;
+    Block block;
+    RmsNorm norm;
+  };
+  struct Pass;  // one micro-batch's activations
+
+  Losses forward(const Tensor& tokens, bool training, Pass& pass);
+  void backward(double loss_scale, Pass& pass, WeightGradStore* store);
+
+  ModelConfig config_;
+  TrainingPrecision precision_;
+  Device device_;
+  RopeTable rope_;
+  Embedding embed_;
+  std::vector<std::unique_ptr<Block>> layers_;
+  RmsNorm norm_;
+  OutputHead head_;
+  std::vector<std::unique_ptr<MtpModule>> mtp_;
+};
+
+}  // namespace fathom::model

@@ -1,0 +1,196 @@
+// The whole DeepSeek-V3 model (model/deepseek_v3.h): gradient check of every parameter on a tiny
+// config, deferred and recomputed backward equal to the plain one, loss bookkeeping, expert load
+// accounting and input errors.
+#include "model/deepseek_v3.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "kernels/ops/elementwise.h"
+#include "model/moe.h"
+#include "tests/kernels/test_util.h"
+#include "tests/model/grad_check.h"
+
+namespace fathom::model {
+namespace {
+
+using testing::error_of;
+using testing::expect_gradient_matches;
+using ::testing::HasSubstr;
+
+// Every feature on, small enough for finite differences over every parameter tensor. Every
+// expert is selected (top-4 of 4), so a finite-difference step cannot flip a selection; routing
+// choices themselves are tested in router_test / moe_test.
+ModelConfig grad_config() {
+  ModelConfig c;
+  c.vocab_size = 19;
+  c.dim = 16;
+  c.inter_dim = 24;
+  c.moe_inter_dim = 8;
+  c.n_layers = 2;
+  c.n_dense_layers = 1;
+  c.n_heads = 2;
+  c.n_routed_experts = 4;
+  c.n_shared_experts = 1;
+  c.n_activated_experts = 4;
+  c.n_expert_groups = 2;
+  c.n_limited_groups = 2;
+  c.score_func = ScoreFunc::kSigmoid;
+  c.route_scale = 2.5;
+  c.q_lora_rank = 8;
+  c.kv_lora_rank = 8;
+  c.qk_nope_head_dim = 4;
+  c.qk_rope_head_dim = 4;
+  c.v_head_dim = 6;
+  c.max_seq_len = 16;
+  c.original_seq_len = 16;
+  c.mtp_depth = 1;
+  c.mtp_lambda = 0.3;
+  c.init_std = 0.3;
+  c.balance_loss_alpha = 0.05;  // large enough that its gradient shows in the check
+  return c;
+}
+
+Tensor random_tokens(int64_t batch, int64_t width, int64_t vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> v(batch * width);
+  for (int32_t& x : v) x = static_cast<int32_t>(rng() % vocab);
+  return Tensor::from_vector(v, {batch, width});
+}
+
+void set_random_biases(DeepSeekV3& m, uint32_t seed) {
+  for (Buffer* b : m.buffers()) {
+    b->value.copy_from(testing::random_tensor(b->value.shape(), seed++, DType::kF32,
+                                              Device::cpu(), -0.1f, 0.1f));
+  }
+}
+
+std::vector<std::vector<float>> grads_of(DeepSeekV3& m) {
+  std::vector<std::vector<float>> out;
+  for (Parameter* p : m.parameters()) out.push_back(p->grad.to_floats());
+  return out;
+}
+
+TEST(DeepSeekV3Test, EveryParameterGradientMatchesFiniteDifferences) {
+  const ModelConfig config = grad_config();
+  DeepSeekV3 model(config, TrainingPrecision::kFp32, Device::cpu());
+  model.init(5);
+  set_random_biases(model, 11);
+  const Tensor tokens = random_tokens(2, 5 + 2, config.vocab_size, 3);
+  const Losses losses = model.forward_backward(tokens, 1.0);
+  EXPECT_GT(losses.balance, 0.0);
+  EXPECT_GT(losses.mtp, 0.0);
+  EXPECT_NEAR(losses.total, losses.lm + 0.3 * losses.mtp + losses.balance, 1e-9);
+  EXPECT_EQ(losses.tokens, 10);
+  const auto loss = [&] { return model.evaluate(tokens).total; };
+  testing::GradCheckOptions options;
+  options.max_elements = 6;
+  options.eps = 3e-3;
+  const ParameterList params = model.parameters();
+  EXPECT_EQ(params.size(), 51u);
+  for (Parameter* p : params) {
+    expect_gradient_matches(p->name, p->value, p->grad, loss, options);
+  }
+}
+
+TEST(DeepSeekV3Test, DeferredAndRecomputedBackwardEqualPlainBackward) {
+  ModelConfig config = grad_config();
+  config.n_activated_experts = 2;
+  const Tensor tokens = random_tokens(3, 6 + 2, config.vocab_size, 4);
+  DeepSeekV3 plain(config, TrainingPrecision::kFp32, Device::cpu());
+  plain.init(1);
+  plain.forward_backward(tokens, 0.5);
+  const auto want = grads_of(plain);
+
+  DeepSeekV3 deferred(config, TrainingPrecision::kFp32, Device::cpu());
+  deferred.init(1);
+  WeightGradStore store;
+  deferred.forward_backward(tokens, 0.5, &store);
+  store.run_all();
+  EXPECT_EQ(grads_of(deferred), want);
+
+  ModelOptions options;
+  options.recompute = true;
+  DeepSeekV3 recomputed(config, TrainingPrecision::kFp32, Device::cpu(), options);
+  recomputed.init(1);
+  recomputed.forward_backward(tokens, 0.5);
+  EXPECT_EQ(grads_of(recomputed), want);
+}
+
+TEST(DeepSeekV3Test, LossScaleScalesGradientsAndGradientsAccumulate) {
+  const ModelConfig config = grad_config();
+  const Tensor tokens = random_tokens(2, 4 + 2, config.vocab_size, 5);
+  DeepSeekV3 model(config, TrainingPrecision::kFp32, Device::cpu());
+  model.init(2);
+  model.forward_backward(tokens, 1.0);
+  const auto once = grads_of(model);
+  model.forward_backward(tokens, 1.0);
+  const auto twice = grads_of(model);
+  for (size_t i = 0; i < once.size(); ++i) {
+    for (size_t j = 0; j < once[i].size(); ++j) {
+      ASSERT_NEAR(twice[i][j], 2 * once[i][j], 1e-6 + 1e-5 * std::abs(once[i][j])) << i;
+    }
+  }
+}
+
+TEST(DeepSeekV3Test, ExpertLoadCountsTrainingTokensOnly) {
+  ModelConfig config = grad_config();
+  config.n_activated_experts = 2;
+  DeepSeekV3 model(config, TrainingPrecision::kFp32, Device::cpu());
+  model.init(3);
+  const Tensor tokens = random_tokens(2, 5 + 2, config.vocab_size, 6);
+  const std::vector<Moe*> moes = model.moe_layers();
+  ASSERT_EQ(moes.size(), 2u);  // layer 1 and the MTP block
+  model.evaluate(tokens);
+  for (Moe* moe : moes) {
+    for (int64_t n : moe->expert_load()) EXPECT_EQ(n, 0);
+  }
+  model.forward_backward(tokens, 1.0);
+  for (Moe* moe : moes) {
+    int64_t total = 0;
+    for (int64_t n : moe->expert_load()) total += n;
+    EXPECT_EQ(total, 10 * 2) << "T * top-k selections";
+  }
+}
+
+TEST(DeepSeekV3Test, OverfitsOneBatch) {
+  ModelConfig config = grad_config();
+  config.init_std = 0.02;
+  DeepSeekV3 model(config, TrainingPrecision::kFp32, Device::cpu());
+  model.init(4);
+  const Tensor tokens = random_tokens(2, 8 + 2, config.vocab_size, 7);
+  double first = 0, last = 0;
+  const ParameterList params = model.parameters();
+  for (int step = 0; step < 60; ++step) {
+    for (Parameter* p : params) fill(p->grad, 0.0f);
+    const Losses l = model.forward_backward(tokens, 1.0);
+    if (step == 0) first = l.lm;
+    last = l.lm;
+    for (Parameter* p : params) {
+      axpy(-0.5f, p->grad, p->value);  // plain SGD
+      ++p->version;
+    }
+  }
+  EXPECT_NEAR(first, std::log(19.0), 0.2) << "initial loss ~ ln(vocab)";
+  EXPECT_LT(last, 0.5 * first);
+}
+
+TEST(DeepSeekV3Test, RejectsBadTokens) {
+  const ModelConfig config = grad_config();
+  DeepSeekV3 model(config, TrainingPrecision::kFp32, Device::cpu());
+  EXPECT_THAT(error_of([&] {
+                model.evaluate(Tensor::from_vector<int32_t>({1, 2, 19, 3}, {1, 4}));
+              }),
+              HasSubstr("token id 19 at (0, 2) outside [0, 19)"));
+  EXPECT_THAT(error_of([&] { model.evaluate(Tensor::from_vector<int32_t>({1, 2}, {1, 2})); }),
+              HasSubstr("hold no prediction"));
+  EXPECT_THAT(error_of([&] { model.evaluate(random_tokens(1, 17 + 2, 19, 1)); }),
+              HasSubstr("sequence length 17 exceeds max_seq_len 16"));
+}
+
+}  // namespace
+}  // namespace fathom::model

@@ -48,10 +48,27 @@ void Block::forward(const Tensor& x, const TokenLayout& layout, Tensor& y, Saved
   }
   y.copy_from(h);
   axpy(1.0f, ffn_out, y);
+  if (recompute_) {
+    // Keep only the norms' inputs and rstd; backward rebuilds their outputs.
+    saved.attn.x = Tensor();
+    saved.mlp.x = Tensor();
+    saved.moe.x = Tensor();
+    saved.moe.shared.x = Tensor();
+  }
 }
 
 void Block::backward(const Tensor& dy, double balance_loss_grad, Saved& saved, Tensor& dx,
                      WeightGradStore* store) {
+  if (recompute_) {
+    Tensor ffn_in = like(dy);
+    ffn_norm_.recompute(saved.ffn_norm, ffn_in);
+    if (moe_ != nullptr) {
+      saved.moe.x = ffn_in;
+      if (moe_->shared_experts.has_value()) saved.moe.shared.x = ffn_in;
+    } else {
+      saved.mlp.x = ffn_in;
+    }
+  }
   Tensor dffn_in = like(dy);
   if (moe_ != nullptr) {
     moe_->backward(dy, balance_loss_grad, saved.moe, dffn_in, store);
@@ -62,6 +79,10 @@ void Block::backward(const Tensor& dy, double balance_loss_grad, Saved& saved, T
   ffn_norm_.backward(dffn_in, saved.ffn_norm, dh);
   axpy(1.0f, dy, dh);
 
+  if (recompute_) {
+    saved.attn.x = like(dy);
+    attn_norm_.recompute(saved.attn_norm, saved.attn.x);
+  }
   Tensor dattn_in = like(dy);
   attn_.backward(dh, saved.attn, dattn_in, store);
   attn_norm_.backward(dattn_in, saved.attn_norm, dx);

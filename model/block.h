@@ -28,7 +28,9 @@ struct TokenLayout {
 
 struct BlockOptions {
   bool moe = false;
-  // Recompute RMSNorm outputs and the MLA up-projections in backward instead of keeping them.
+  // Recompute RMSNorm outputs (attn_norm, ffn_norm, q_norm, kv_norm) and the MLA up-projections
+  // in backward instead of keeping them from forward (SPEC.md section 2 memory savers): Saved then
+  // holds the norms' inputs and rstd, not their outputs. Gradients are bitwise unchanged.
   bool recompute = false;
   TokenDispatcher* dispatcher = nullptr;  // MoE blocks; nullptr: a local dispatcher
 };

@@ -8,6 +8,7 @@
 
 #include "kernels/check.h"
 #include "launch/demo_train.h"
+#include "launch/train_command.h"
 #include "model/config.h"
 #include "model/param_count.h"
 #include "launch/version.h"
@@ -53,6 +54,8 @@ const std::vector<Subcommand>& subcommands() {
   static const std::vector<Subcommand> kSubcommands = {
       {"demo", "train a tiny transformer on generated arithmetic with the kernels' ops",
        demo_main},
+      {"train", "train a DeepSeek-V3 model from a run YAML (metrics, checkpoints, --resume)",
+       train_main},
       {"info", "parameter counts and memory per parameter of a model or run YAML", run_info},
       {"version", "print library versions and whether a GPU is visible", run_version},
   };

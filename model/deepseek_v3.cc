@@ -60,7 +60,8 @@ DeepSeekV3::DeepSeekV3(const ModelConfig& config, TrainingPrecision precision, D
   for (int64_t k = 0; k < config.mtp_depth; ++k) {
     const std::string prefix = "mtp." + std::to_string(k);
     BlockOptions block;
-    block.moe = config.is_moe_layer(config.n_layers + k);
+    // Like main-model layer n_layers + k: MoE unless the whole model is dense (V3's layer 61).
+    block.moe = config.n_moe_layers() > 0;
     block.recompute = options.recompute;
     block.dispatcher = options.dispatcher;
     mtp_.push_back(std::unique_ptr<MtpModule>(new MtpModule{

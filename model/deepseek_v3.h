@@ -77,6 +77,9 @@ class DeepSeekV3 {
   // The MoE blocks' layers (main, then MTP), for expert load and the bias update.
   std::vector<Moe*> moe_layers();
 
+  // The MTP loss weight lambda from now on (the trainer's lambda schedule).
+  void set_mtp_lambda(double lambda) { config_.mtp_lambda = lambda; }
+
   const ModelConfig& config() const { return config_; }
   TrainingPrecision precision() const { return precision_; }
   Device device() const { return device_; }

@@ -84,8 +84,8 @@ std::string describe(const ModelConfig& c, int64_t batch, int64_t seq) {
 // (gradients span orders of magnitude between tensors; within one tensor, entries far below its
 // largest are dominated by f32 rounding of the big ones). Reports the worst entry.
 void expect_tensor_close(const std::string& name, const std::vector<float>& got,
-                         const NpyArray& want_array, const std::vector<int64_t>& shape,
-                         double rtol, double atol_fraction, const std::string& context) {
+                         const NpyArray& want_array, const std::vector<int64_t>& shape, double rtol,
+                         double atol_fraction, const std::string& context) {
   ASSERT_EQ(want_array.shape, shape) << name << ": reference shape " << want_array.shape_str()
                                      << " differs from the model's; " << context;
   const std::vector<double> want = want_array.to_doubles();
@@ -108,9 +108,9 @@ void expect_tensor_close(const std::string& name, const std::vector<float>& got,
   }
   EXPECT_EQ(bad, 0) << name << ": " << bad << " of " << want.size()
                     << " entries differ from the reference; worst at flat index " << worst
-                    << ": fathom " << got[worst] << " vs reference " << want[worst]
-                    << " (rtol " << rtol << ", atol " << atol << " = " << atol_fraction
-                    << " x max|ref| " << max_abs << "); " << context;
+                    << ": fathom " << got[worst] << " vs reference " << want[worst] << " (rtol "
+                    << rtol << ", atol " << atol << " = " << atol_fraction << " x max|ref| "
+                    << max_abs << "); " << context;
 }
 
 void expect_loss_close(const char* name, double got, double want, double rtol, double atol,
@@ -139,8 +139,8 @@ void check_against_reference(ModelConfig config, int64_t batch, int64_t seq, uin
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (Parameter* p : model.parameters()) {
     std::vector<float> v = p->value.to_vector<float>();
-    const bool is_norm = p->name.size() >= 11 &&
-                         p->name.compare(p->name.size() - 11, 11, "norm.weight") == 0;
+    const bool is_norm =
+        p->name.size() >= 11 && p->name.compare(p->name.size() - 11, 11, "norm.weight") == 0;
     for (float& x : v) x = is_norm ? 1.0f + 0.2f * normal(rng) : 4.0f * x;
     p->value.copy_from(Tensor::from_vector(v, p->value.shape()));
     ++p->version;
@@ -216,8 +216,8 @@ void check_against_reference(ModelConfig config, int64_t batch, int64_t seq, uin
     absl::StatusOr<NpyArray> ref_grad = read_npy(out + "/grad." + p->name + ".npy");
     ASSERT_TRUE(ref_grad.ok()) << ref_grad.status();
     const std::vector<int64_t> shape(p->grad.shape().begin(), p->grad.shape().end());
-    expect_tensor_close("grad " + p->name, p->grad.to_vector<float>(), *ref_grad, shape, 1e-4,
-                        1e-5, context);
+    expect_tensor_close("grad " + p->name, p->grad.to_vector<float>(), *ref_grad, shape, 1e-4, 1e-5,
+                        context);
   }
   // The reference writes one gradient per parameter of ITS model: the two name sets must agree.
   int64_t ref_grads = 0;

@@ -1,0 +1,331 @@
+#include "trainer/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/threads.h"
+#include "model/deepseek_v3.h"
+#include "model/moe.h"
+#include "model/param_count.h"
+#include "trainer/checkpoint.h"
+#include "trainer/flops.h"
+#include "trainer/lr_schedule.h"
+#include "trainer/metrics.h"
+#include "trainer/optimizer.h"
+
+namespace fathom::trainer {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+constexpr char kLoaderKey[] = "loader";
+constexpr char kOptimizerStepsKey[] = "optimizer_steps";
+constexpr char kConfigKey[] = "config";
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+void log_line(FILE* log, const std::string& line) {
+  if (log == nullptr) return;
+  std::fprintf(log, "%s\n", line.c_str());
+  std::fflush(log);
+}
+
+// Everything a checkpoint holds, as shards over the live tensors (read fills them in place).
+std::vector<TensorShard> state_tensors(model::DeepSeekV3& model, AdamW& optimizer) {
+  std::vector<TensorShard> out;
+  const model::ParameterList& params = optimizer.parameters();
+  for (size_t i = 0; i < params.size(); ++i) {
+    out.push_back({params[i]->name, params[i]->value});
+    out.push_back({"optim.m." + params[i]->name, optimizer.m(i)});
+    out.push_back({"optim.v." + params[i]->name, optimizer.v(i)});
+  }
+  for (model::Buffer* b : model.buffers()) out.push_back({b->name, b->value});
+  return out;
+}
+
+// Keeps the metrics lines of steps <= `step` (a resumed run rewrites what follows).
+absl::Status truncate_metrics(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return absl::OkStatus();
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    const size_t at = line.find("\"step\":");
+    if (at != std::string::npos && std::stoll(line.substr(at + 7)) > step) continue;
+    kept += line + "\n";
+  }
+  in.close();
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << kept;
+    if (!out.flush()) return absl::DataLossError(absl::StrCat("cannot rewrite ", path));
+  }
+  fs::rename(tmp, path);
+  return absl::OkStatus();
+}
+
+absl::Status write_text_file(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << text;
+    if (!out.flush()) return absl::DataLossError(absl::StrCat("cannot write ", path));
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) return absl::DataLossError(absl::StrCat("cannot write ", path, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
+// The part of a config that a checkpoint's tensors depend on.
+std::string model_identity(const RunConfig& c) {
+  return absl::StrCat(model::model_config_to_yaml(c.model),
+                      "precision: ", std::string(model::precision_name(c.precision)), "\n");
+}
+
+}  // namespace
+
+absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& options) {
+  const TrainConfig& tc = config.train;
+  if (tc.threads > 0) set_cpu_threads(static_cast<int>(tc.threads));
+  std::error_code ec;
+  fs::create_directories(options.run_dir, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot create run directory ", options.run_dir, ": ", ec.message()));
+  }
+  const std::string checkpoints_dir = options.run_dir + "/checkpoints";
+  const std::string metrics_path = options.run_dir + "/metrics.jsonl";
+
+  model::ModelOptions model_options;
+  model_options.recompute = tc.recompute;
+  model::DeepSeekV3 model(config.model, config.precision, options.device, model_options);
+  model.init(static_cast<uint64_t>(config.seed));
+  AdamWOptions adam;
+  adam.beta1 = config.optimizer.beta1;
+  adam.beta2 = config.optimizer.beta2;
+  adam.eps = config.optimizer.eps;
+  adam.weight_decay = config.optimizer.weight_decay;
+  adam.grad_clip = config.optimizer.grad_clip;
+  adam.moments = config.optimizer.moments;
+  AdamW optimizer(model.parameters(), adam);
+  FATHOM_ASSIGN_OR_RETURN(data::TokenLoader loader,
+                          data::TokenLoader::create(loader_options(config)));
+
+  TrainResult result;
+  if (options.resume) {
+    absl::StatusOr<std::string> latest = latest_checkpoint(checkpoints_dir);
+    if (!latest.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--resume: no checkpoint to resume from in ", checkpoints_dir, " (",
+          latest.status().message(), ")"));
+    }
+    std::vector<TensorShard> state = state_tensors(model, optimizer);
+    CheckpointMeta meta;
+    FATHOM_RETURN_IF_ERROR(read_checkpoint(*latest, absl::MakeSpan(state), &meta));
+    FATHOM_ASSIGN_OR_RETURN(RunConfig saved, [&]() -> absl::StatusOr<RunConfig> {
+      const YAML::Node root = YAML::Load(meta.text[kConfigKey]);
+      return parse_run_config(root, *latest + " (saved config)", options.run_dir);
+    }());
+    if (model_identity(saved) != model_identity(config)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--resume: checkpoint ", *latest,
+          " was written for another model or precision; its config is saved in the checkpoint"));
+    }
+    FATHOM_ASSIGN_OR_RETURN(data::LoaderState loader_state,
+                            data::LoaderState::from_words(meta.u64[kLoaderKey]));
+    FATHOM_RETURN_IF_ERROR(loader.set_state(loader_state));
+    const std::vector<uint64_t>& opt_steps = meta.u64[kOptimizerStepsKey];
+    optimizer.set_steps(opt_steps.empty() ? meta.step : static_cast<int64_t>(opt_steps[0]));
+    for (model::Parameter* p : model.parameters()) ++p->version;
+    result.start_step = meta.step;
+    FATHOM_RETURN_IF_ERROR(truncate_metrics(metrics_path, meta.step));
+    log_line(options.log, absl::StrCat("resumed from ", *latest, " at step ", meta.step));
+  } else if (fs::exists(checkpoints_dir)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        options.run_dir, " already holds checkpoints: pass --resume to continue that run, or "
+        "choose another --run-dir"));
+  } else {
+    fs::remove(metrics_path, ec);
+  }
+  FATHOM_RETURN_IF_ERROR(write_text_file(options.run_dir + "/config.yaml",
+                                         run_config_to_yaml(config)));
+  FATHOM_ASSIGN_OR_RETURN(MetricsWriter metrics, MetricsWriter::open(options.run_dir));
+
+  EvalSet eval_set;
+  const bool evaluating = tc.eval_samples > 0;
+  if (evaluating) {
+    FATHOM_ASSIGN_OR_RETURN(eval_set, make_eval_set(loader_options(config), tc.eval_samples));
+  }
+  const int64_t eval_batch = std::max<int64_t>(tc.micro_batch_size, 16);
+
+  const int64_t tokens_per_step = tc.grad_accum * tc.micro_batch_size * tc.seq_len;
+  const double flops_per_token = training_flops_per_token(config.model, tc.seq_len);
+  const PeakFlops peak = peak_flops(options.device, config.precision);
+  const model::ParamCount counts = model::count_parameters(config.model);
+  log_line(options.log,
+           absl::StrCat("model: ", counts.trained(), " parameters (", counts.activated,
+                        " activated per token), precision ",
+                        std::string(model::precision_name(config.precision)), ", ",
+                        options.device.str(), "; ", tokens_per_step, " tokens per step; peak ",
+                        format_si(peak.flops_per_s), "FLOP/s (", peak.source, ")"));
+  if (evaluating) {
+    result.first_eval = evaluate(model, eval_set, eval_batch);
+    log_line(options.log,
+             absl::StrCat("step ", result.start_step, ": held-out loss ",
+                          format_number(result.first_eval.loss), ", answer exact match ",
+                          format_number(result.first_eval.answer_accuracy), " (",
+                          result.first_eval.problems, " problems)"));
+  }
+
+  const auto save = [&](int64_t step) -> absl::Status {
+    const std::string dir = checkpoint_dir_for_step(checkpoints_dir, step);
+    if (fs::exists(dir)) return absl::OkStatus();  // resumed at this very step
+    CheckpointMeta meta;
+    meta.step = step;
+    meta.u64[kLoaderKey] = loader.state().to_words();
+    meta.u64[kOptimizerStepsKey] = {static_cast<uint64_t>(optimizer.steps())};
+    meta.text[kConfigKey] = run_config_to_yaml(config);
+    const std::vector<TensorShard> state = state_tensors(model, optimizer);
+    FATHOM_RETURN_IF_ERROR(write_checkpoint_shard(dir, 0, 1, state, meta));
+    result.checkpoint = dir;
+    return absl::OkStatus();
+  };
+
+  std::optional<ProgressPrinter> progress;
+  if (options.log != nullptr) progress.emplace(options.log, tc.log_every);
+  const std::vector<model::Moe*> moes = model.moe_layers();
+  const double accum_scale = 1.0 / static_cast<double>(tc.grad_accum);
+  const auto run_start = Clock::now();
+  double compute_seconds = 0;
+  for (int64_t step = result.start_step; step < tc.steps; ++step) {
+    const auto step_start = Clock::now();
+    const double lr = learning_rate(config.optimizer.schedule, step);
+    const double lambda = mtp_lambda(config.mtp, step);
+    model.set_mtp_lambda(lambda);
+    optimizer.zero_grad();
+    model::Losses sum;
+    for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
+      const Tensor tokens = loader.next_batch(tc.micro_batch_size);
+      const model::Losses l = model.forward_backward(tokens, accum_scale);
+      sum.total += l.total * accum_scale;
+      sum.lm += l.lm * accum_scale;
+      sum.mtp += l.mtp * accum_scale;
+      sum.balance += l.balance * accum_scale;
+    }
+    const StepResult stepped = optimizer.step(lr);
+    // Auxiliary-loss-free balancing from this step's load.
+    std::vector<double> load_max_mean;
+    for (model::Moe* moe : moes) {
+      const std::vector<int64_t>& load = moe->expert_load();
+      std::vector<double> load_d(load.begin(), load.end());
+      double mean = 0, max = 0;
+      for (double v : load_d) {
+        mean += v;
+        max = std::max(max, v);
+      }
+      mean /= static_cast<double>(load_d.size());
+      load_max_mean.push_back(mean > 0 ? max / mean : 0.0);
+      moe->update_bias(load_d, config.model.bias_update_speed);
+      moe->reset_load();
+    }
+    const double step_seconds = seconds_since(step_start);
+    compute_seconds += step_seconds;
+    result.loss.push_back(sum.total);
+    result.lm_loss.push_back(sum.lm);
+    const int64_t done = step + 1;
+    const double tokens_per_s = static_cast<double>(tokens_per_step) / step_seconds;
+    const double mfu = peak.flops_per_s > 0 ? tokens_per_s * flops_per_token / peak.flops_per_s : 0;
+
+    const bool eval_now = evaluating && done < tc.steps && tc.eval_every > 0 &&
+                          done % tc.eval_every == 0;
+    const bool log_now = done % tc.log_every == 0 || done == tc.steps || done == 1 || eval_now;
+    if (log_now) {
+      JsonObject record;
+      record.add("step", done)
+          .add("loss", sum.total)
+          .add("lm_loss", sum.lm)
+          .add("mtp_loss", sum.mtp)
+          .add("balance_loss", sum.balance)
+          .add("grad_norm", stepped.grad_norm)
+          .add("lr", lr)
+          .add("mtp_lambda", lambda)
+          .add("tokens_per_s", tokens_per_s)
+          .add("mfu", mfu)
+          .add("step_ms", step_seconds * 1e3)
+          .add("expert_load_max_mean", absl::MakeConstSpan(load_max_mean));
+      if (stepped.skipped) record.add("skipped", true);
+      if (eval_now) {
+        const EvalResult e = evaluate(model, eval_set, eval_batch);
+        record.add("eval_loss", e.loss)
+            .add("eval_answer_accuracy", e.answer_accuracy)
+            .add("eval_answer_token_accuracy", e.answer_token_accuracy);
+        if (progress) progress->print(absl::StrCat("step ", done, ": held-out loss ", format_number(e.loss),
+                                    ", answer exact match ", format_number(e.answer_accuracy)));
+      }
+      FATHOM_RETURN_IF_ERROR(metrics.write(record));
+    }
+    const double elapsed = seconds_since(run_start);
+    const double done_tokens = static_cast<double>((done - result.start_step) * tokens_per_step);
+    const double max_load = load_max_mean.empty()
+                                ? 0.0
+                                : *std::max_element(load_max_mean.begin(), load_max_mean.end());
+    std::vector<ProgressItem> items = {ProgressItem::number("loss", sum.total),
+                                       ProgressItem::number("lr", lr),
+                                       ProgressItem::rate(done_tokens / compute_seconds, "tok/s")};
+    if (!moes.empty()) items.push_back(ProgressItem::number("load max/mean", max_load));
+    if (progress) {
+      progress->update(done, tc.steps,
+                       format_progress(done, tc.steps, elapsed, items, result.start_step));
+    }
+    if (tc.checkpoint_every > 0 && done % tc.checkpoint_every == 0 && done < tc.steps) {
+      FATHOM_RETURN_IF_ERROR(save(done));
+    }
+  }
+  if (progress) progress->finish();
+  result.steps = tc.steps;
+  if (compute_seconds > 0) {
+    result.tokens_per_s =
+        static_cast<double>((tc.steps - result.start_step) * tokens_per_step) / compute_seconds;
+    result.mfu = peak.flops_per_s > 0
+                     ? result.tokens_per_s * flops_per_token / peak.flops_per_s
+                     : 0.0;
+  }
+  FATHOM_RETURN_IF_ERROR(save(tc.steps));
+  if (evaluating) {
+    result.last_eval = evaluate(model, eval_set, eval_batch);
+    JsonObject record;
+    record.add("step", tc.steps)
+        .add("eval_loss", result.last_eval.loss)
+        .add("eval_answer_accuracy", result.last_eval.answer_accuracy)
+        .add("eval_answer_token_accuracy", result.last_eval.answer_token_accuracy);
+    FATHOM_RETURN_IF_ERROR(metrics.write(record));
+  }
+  std::string summary = absl::StrCat("trained steps ", result.start_step, "..", tc.steps);
+  if (!result.loss.empty()) {
+    absl::StrAppend(&summary, ": loss ", format_number(result.loss.front()), " -> ",
+                    format_number(result.loss.back()), ", ", format_si(result.tokens_per_s),
+                    " tok/s, MFU ", format_number(result.mfu));
+  }
+  if (evaluating) {
+    absl::StrAppend(&summary, "; held-out answer exact match ",
+                    format_number(result.first_eval.answer_accuracy), " -> ",
+                    format_number(result.last_eval.answer_accuracy));
+  }
+  log_line(options.log, summary);
+  log_line(options.log, absl::StrCat("checkpoint: ", result.checkpoint, "; metrics: ",
+                                     metrics.path()));
+  return result;
+}
+
+}  // namespace fathom::trainer

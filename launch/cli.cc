@@ -11,6 +11,7 @@
 #include "launch/train_command.h"
 #include "model/config.h"
 #include "model/param_count.h"
+#include "trainer/run_config.h"
 #include "launch/version.h"
 
 namespace fathom::launch {
@@ -41,7 +42,12 @@ int run_info(const std::vector<std::string>& args) {
                  "per parameter of each precision mode for the model the file describes.\n");
     return args.size() == 1 ? 0 : 2;
   }
-  const absl::StatusOr<model::ModelConfig> config = model::load_model_config(args[0]);
+  // A model YAML has a `model:` mapping; a run YAML may name its model file instead.
+  absl::StatusOr<model::ModelConfig> config = model::load_model_config(args[0]);
+  if (!config.ok()) {
+    const absl::StatusOr<trainer::RunConfig> run = trainer::load_run_config(args[0]);
+    if (run.ok()) config = run->model;
+  }
   if (!config.ok()) {
     std::fprintf(stderr, "fathom info: %s\n", std::string(config.status().message()).c_str());
     return 1;

@@ -23,7 +23,10 @@ done
 
 packages=(build-essential cmake ninja-build ccache pkg-config
           libopenmpi-dev openmpi-bin libhdf5-dev libabsl-dev libyaml-cpp-dev
-          libopenblas-openmp-dev libgtest-dev libgmock-dev)
+          libopenblas-openmp-dev libgtest-dev libgmock-dev
+          # The golden tests' independent PyTorch reference (tests/reference/; run by
+          # /usr/bin/python3) and bench_train's PyTorch comparison.
+          python3-torch python3-numpy)
 
 missing=()
 for p in "${packages[@]}"; do

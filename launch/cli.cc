@@ -7,7 +7,6 @@
 #include <vector>
 
 #include "kernels/check.h"
-#include "launch/demo_train.h"
 #include "launch/train_command.h"
 #include "model/config.h"
 #include "model/param_count.h"
@@ -58,8 +57,6 @@ int run_info(const std::vector<std::string>& args) {
 
 const std::vector<Subcommand>& subcommands() {
   static const std::vector<Subcommand> kSubcommands = {
-      {"demo", "train a tiny transformer on generated arithmetic with the kernels' ops",
-       demo_main},
       {"train", "train a DeepSeek-V3 model from a run YAML (metrics, checkpoints, --resume)",
        train_main},
       {"info", "parameter counts and memory per parameter of a model or run YAML", run_info},

@@ -46,8 +46,11 @@ std::vector<TensorShard> state_tensors(model::DeepSeekV3& model, AdamW& optimize
   const model::ParameterList& params = optimizer.parameters();
   for (size_t i = 0; i < params.size(); ++i) {
     out.push_back({params[i]->name, params[i]->value});
-    out.push_back({"optim.m." + params[i]->name, optimizer.m(i)});
-    out.push_back({"optim.v." + params[i]->name, optimizer.v(i)});
+    // Moments as flat 1-D tensors: the layout ZeroAdamW shards them in, so checkpoints move
+    // between data-parallel sizes.
+    const int64_t n = params[i]->value.numel();
+    out.push_back({"optim.m." + params[i]->name, optimizer.m(i).view({n})});
+    out.push_back({"optim.v." + params[i]->name, optimizer.v(i).view({n})});
   }
   for (model::Buffer* b : model.buffers()) out.push_back({b->name, b->value});
   return out;

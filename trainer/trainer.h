@@ -11,7 +11,7 @@
 //                  expert_load_max_mean (max / mean expert load of each MoE layer), and eval_* on
 //                  evaluation steps
 //   checkpoints/step-NNNNNN/  HDF5 checkpoints (trainer/checkpoint.h): parameters, AdamW moments
-//                  ("optim.m.<name>", "optim.v.<name>"), router biases, and in the metadata the step,
+//                  ("optim.m.<name>", "optim.v.<name>", flattened to 1-D), router biases, and in the metadata the step,
 //                  the optimizer step count, the loader position and the run config.
 // Resume continues bit-identically: training is deterministic given the config (counter-based
 // initialisation, a counter-based data stream, no dropout), and the checkpoint holds every piece

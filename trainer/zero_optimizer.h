@@ -1,0 +1,75 @@
+// ZeRO-1 AdamW across data-parallel ranks (DESIGN.md decision 3, SPEC.md section 2).
+//
+// Every data-parallel rank holds the full FP32 parameters and computes gradients on its own
+// micro-batches. step():
+//   1. reduce-scatters the gradients: dense parameters over the data-parallel group, routed-expert
+//      parameters (Parameter::is_expert) over the expert-data-parallel group only (the ranks that
+//      hold the same experts), each as one flat bucket, non-blocking;
+//   2. divides by the data-parallel size (the loss is a mean over the global batch);
+//   3. clips by the global gradient norm, all-reduced over the data-parallel group;
+//   4. runs AdamW on this rank's shard: 1/D of every parameter's elements, with moments for that
+//      shard only;
+//   5. all-gathers the updated shards, so every rank again holds the full parameters.
+// With one rank it computes exactly what trainer::AdamW computes.
+//
+// Shards are element ranges of each flattened parameter: parameter p of n elements gives rank q
+// the elements [q * ceil(n / D), min(n, (q + 1) * ceil(n / D))). moment_shards() names them for
+// checkpoints as 1-D global tensors "optim.m.<name>" / "optim.v.<name>" of n elements, so a
+// checkpoint written under one data-parallel size loads under another.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "model/module.h"
+#include "parallel/communicator.h"
+#include "trainer/checkpoint.h"
+#include "trainer/optimizer.h"
+
+namespace fathom::trainer {
+
+class ZeroAdamW {
+ public:
+  // dp: the data-parallel group; edp: the expert-data-parallel group (dp itself when there is no
+  // expert parallelism). Both must outlive the optimizer, as must the parameters.
+  ZeroAdamW(model::ParameterList params, const AdamWOptions& options, parallel::Communicator& dp,
+            parallel::Communicator& edp);
+
+  // Steps 1-5 above. Every rank returns the same StepResult; a non-finite global norm skips the
+  // update everywhere.
+  StepResult step(double lr);
+  void zero_grad();
+
+  int64_t steps() const { return steps_; }
+  void set_steps(int64_t steps) { steps_ = steps; }
+  const model::ParameterList& parameters() const { return params_; }
+  // This rank's moment shards, as live views (read_checkpoint fills them in place).
+  std::vector<TensorShard> moment_shards();
+
+ private:
+  // The parameters reduced over one communicator, laid out rank-major in flat buffers: rank q's
+  // chunk holds, for every parameter, its shard q (padded to the shard size).
+  struct Group {
+    parallel::Communicator* comm = nullptr;
+    std::vector<model::Parameter*> params;
+    std::vector<int64_t> shard;   // per parameter: ceil(numel / comm size)
+    std::vector<int64_t> offset;  // per parameter: offset of its shard in a chunk
+    int64_t chunk = 0;            // elements per rank chunk
+    Tensor flat;                  // (size * chunk) f32: gradients out, parameters back
+    Tensor grad_shard;            // (chunk) f32
+    Tensor param_shard;           // (chunk) f32
+    Tensor m, v;                  // (chunk) moments dtype
+  };
+  void build_group(Group& g, parallel::Communicator& comm, std::vector<model::Parameter*> params);
+  // Elements of parameter i of g held by rank q: [begin, begin + length) of the flattened value.
+  static int64_t shard_length(const Group& g, size_t i, int q);
+
+  model::ParameterList params_;
+  AdamWOptions options_;
+  parallel::Communicator& dp_;
+  Group dense_;
+  Group expert_;
+  int64_t steps_ = 0;
+};
+
+}  // namespace fathom::trainer

@@ -39,17 +39,16 @@ Parameter make_parameter(std::string name, absl::Span<const int64_t> shape, Devi
   return p;
 }
 
-void init_normal(Parameter& p, uint64_t seed, double std) {
+void init_normal(Parameter& p, uint64_t seed, double std, int64_t element_offset) {
   const uint64_t key = splitmix64(seed ^ fnv1a(p.name));
   const int64_t n = p.value.numel();
   std::vector<float> v(static_cast<size_t>(n));
-  // Box-Muller on pairs of counter-derived uniforms.
-  for (int64_t i = 0; i < n; i += 2) {
-    const double u1 = open_unit(splitmix64(key + 2 * static_cast<uint64_t>(i)));
-    const double u2 = open_unit(splitmix64(key + 2 * static_cast<uint64_t>(i) + 1));
-    const double r = std::sqrt(-2.0 * std::log(u1)) * std;
-    v[i] = static_cast<float>(r * std::cos(2.0 * M_PI * u2));
-    if (i + 1 < n) v[i + 1] = static_cast<float>(r * std::sin(2.0 * M_PI * u2));
+  // Box-Muller, one normal per element from two uniforms at that element's global index.
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t index = static_cast<uint64_t>(element_offset + i);
+    const double u1 = open_unit(splitmix64(key + 2 * index));
+    const double u2 = open_unit(splitmix64(key + 2 * index + 1));
+    v[i] = static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2) * std);
   }
   p.value.copy_from(Tensor::from_floats(v, p.value.shape()));
   ++p.version;

@@ -27,6 +27,13 @@ struct Parameter {
   // Bumped whenever `value` changes (optimizer step, checkpoint load). Layers key their bf16 / FP8
   // working copies of the weights on it.
   uint64_t version = 0;
+  // This rank's part of the global tensor: rows [row_offset, row_offset + value.dim(0)) of
+  // global_shape (an expert-parallel rank holds some experts of a stacked expert weight). Empty
+  // global_shape: the whole tensor. Checkpoints store the global tensor.
+  Shape global_shape;
+  int64_t row_offset = 0;
+
+  const Shape& global() const { return global_shape.empty() ? value.shape() : global_shape; }
 };
 
 // A named tensor that is saved and loaded with the model but not trained by gradients (the MoE
@@ -40,9 +47,11 @@ struct Buffer {
 Parameter make_parameter(std::string name, absl::Span<const int64_t> shape, Device device,
                          bool weight_decay = true);
 
-// value ~ Normal(0, std), from a counter-based generator keyed by (seed, name): a parameter's
-// initial values do not depend on construction order, device or parallel layout.
-void init_normal(Parameter& p, uint64_t seed, double std);
+// value ~ Normal(0, std), from a counter-based generator keyed by (seed, name) and each element's
+// index in the global tensor: a parameter's initial values do not depend on construction order,
+// device or parallel layout. element_offset: the global index of this rank's first element (a
+// rank holding experts [8, 16) of a stacked expert weight passes 8 * the per-expert size).
+void init_normal(Parameter& p, uint64_t seed, double std, int64_t element_offset = 0);
 // Every value = v (norm weights start at 1).
 void init_constant(Parameter& p, float v);
 

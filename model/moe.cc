@@ -48,6 +48,11 @@ Moe::Moe(const std::string& prefix, const ModelConfig& config, TrainingPrecision
       << "Moe " << prefix << ": dispatcher owns experts [" << first << ", " << first + n_local
       << ") outside [0, " << config.n_routed_experts << ")";
   check_router_config(router_, "Moe " + prefix);
+  for (GroupedLinear* w : {&w1, &w2, &w3}) {
+    w->weight.global_shape = w->weight.value.shape();
+    w->weight.global_shape[0] = config.n_routed_experts;
+    w->weight.row_offset = first;
+  }
 }
 
 void Moe::forward(const Tensor& x, int64_t seq_len, Tensor& y, Saved& saved) {
@@ -162,9 +167,11 @@ void Moe::append_buffers(BufferList& out) { out.push_back(&gate_bias); }
 
 void Moe::init(uint64_t seed, double std) {
   init_normal(gate.weight, seed, std);
-  init_normal(w1.weight, seed, std);
-  init_normal(w2.weight, seed, std);
-  init_normal(w3.weight, seed, std);
+  // Local experts draw the values they have in the global (E, ...) stack: the same model under
+  // any expert-parallel layout.
+  for (GroupedLinear* w : {&w1, &w2, &w3}) {
+    init_normal(w->weight, seed, std, w->weight.row_offset * w->out_features() * w->in_features());
+  }
   if (shared_experts) shared_experts->init(seed, std);
   fill(gate_bias.value, 0.0f);
 }

@@ -144,13 +144,16 @@ std::vector<TensorShard> ZeroAdamW::moment_shards() {
   for (Group* g : {&dense_, &expert_}) {
     const int rank = g->comm->rank();
     for (size_t i = 0; i < g->params.size(); ++i) {
+      const model::Parameter& p = *g->params[i];
       const int64_t len = shard_length(*g, i, rank);
-      const int64_t n = g->params[i]->value.numel();
-      const std::string& name = g->params[i]->name;
-      out.push_back({"optim.m." + name, g->m.narrow(g->offset[i], len), {n},
-                     rank * g->shard[i]});
-      out.push_back({"optim.v." + name, g->v.narrow(g->offset[i], len), {n},
-                     rank * g->shard[i]});
+      int64_t global_numel = 1;
+      for (int64_t d : p.global()) global_numel *= d;
+      // The local parameter is a row range of the global tensor, so its flattened elements are a
+      // contiguous range of the global flattened tensor.
+      const int64_t row_elements = p.value.dim(0) > 0 ? p.value.numel() / p.value.dim(0) : 0;
+      const int64_t start = p.row_offset * row_elements + rank * g->shard[i];
+      out.push_back({"optim.m." + p.name, g->m.narrow(g->offset[i], len), {global_numel}, start});
+      out.push_back({"optim.v." + p.name, g->v.narrow(g->offset[i], len), {global_numel}, start});
     }
   }
   return out;

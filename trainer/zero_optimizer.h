@@ -14,8 +14,9 @@
 //
 // Shards are element ranges of each flattened parameter: parameter p of n elements gives rank q
 // the elements [q * ceil(n / D), min(n, (q + 1) * ceil(n / D))). moment_shards() names them for
-// checkpoints as 1-D global tensors "optim.m.<name>" / "optim.v.<name>" of n elements, so a
-// checkpoint written under one data-parallel size loads under another.
+// checkpoints as 1-D global tensors "optim.m.<name>" / "optim.v.<name>" with the element count of
+// the GLOBAL parameter (Parameter::global(); an expert-parallel rank's experts are a contiguous
+// element range of it), so a checkpoint written under one layout loads under another.
 #pragma once
 
 #include <cstdint>

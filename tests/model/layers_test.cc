@@ -46,6 +46,15 @@ TEST(ModuleTest, InitNormalIsKeyedByNameAndSeedNotOrder) {
   EXPECT_NEAR(std, 0.02, 0.002);
 }
 
+// A rank holding rows [2, 5) of a global (6, 4) tensor draws exactly those rows.
+TEST(ModuleTest, InitNormalWithOffsetMatchesTheGlobalTensor) {
+  Parameter whole = make_parameter("experts.w1.weight", {6, 4}, Device::cpu());
+  Parameter part = make_parameter("experts.w1.weight", {3, 4}, Device::cpu());
+  init_normal(whole, 3, 0.1);
+  init_normal(part, 3, 0.1, /*element_offset=*/2 * 4);
+  EXPECT_EQ(part.value.to_floats(), whole.value.narrow(2, 3).to_floats());
+}
+
 TEST(ModuleTest, WeightGradStoreRunsFlushedGroupsInOrder) {
   WeightGradStore store;
   std::vector<int> order;

@@ -71,7 +71,9 @@ TEST(EvalSetTest, HoldsHeldOutProblemsWithAnswerMasks) {
 
 // The learning test of issue 3: loss falls and held-out answer exact match rises.
 TEST(TrainerTest, TinyModelLearnsHeldOutArithmetic) {
-  // The preset itself (900 steps), evaluated only at the start and the end.
+  // The preset itself (1500 steps), evaluated only at the start and the end. The answer is copied
+  // from the end of the reasoning once the model has learnt to attend back to it, which happens
+  // abruptly around step 800-1000; by 1500 held-out exact match is above 0.9.
   const RunConfig config =
       tiny_run({"train.eval_samples=200", "train.eval_every=0", "train.checkpoint_every=0"});
   TrainOptions options;
@@ -79,11 +81,11 @@ TEST(TrainerTest, TinyModelLearnsHeldOutArithmetic) {
   options.log = nullptr;
   absl::StatusOr<TrainResult> result = train(config, options);
   ASSERT_TRUE(result.ok()) << result.status();
-  ASSERT_EQ(result->loss.size(), 900u);
+  ASSERT_EQ(result->loss.size(), 1500u);
   EXPECT_LT(result->lm_loss.back(), 0.5 * result->lm_loss.front());
   EXPECT_LT(result->last_eval.loss, 0.5 * result->first_eval.loss);
   EXPECT_LT(result->first_eval.answer_accuracy, 0.05);
-  EXPECT_GT(result->last_eval.answer_accuracy, 0.3)
+  EXPECT_GT(result->last_eval.answer_accuracy, 0.6)
       << "token accuracy " << result->last_eval.answer_token_accuracy;
   EXPECT_TRUE(fs::exists(result->checkpoint));
 }

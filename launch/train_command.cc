@@ -5,6 +5,9 @@
 
 #include "absl/strings/numbers.h"
 #include "kernels/cpu_info.h"
+#include "parallel/fault.h"
+#include "parallel/launch_env.h"
+#include "parallel/mpi_env.h"
 #include "trainer/run_config.h"
 #include "trainer/trainer.h"
 
@@ -18,7 +21,9 @@ constexpr char kUsage[] =
     "DIR/metrics.jsonl (one JSON object per logged step) and HDF5 checkpoints under\n"
     "DIR/checkpoints/ (default DIR: runs/<config name>). --set overrides a config value, e.g.\n"
     "--set train.steps=50 --set optimizer.lr=1e-3. --resume continues the run in DIR from its\n"
-    "newest checkpoint, bit-identically.\n";
+    "newest checkpoint, bit-identically, under any parallel layout.\n"
+    "Many ranks: mpirun -np N fathom train RUN.yaml --set parallel.dp=N [--set parallel.ep=E]\n"
+    "(or srun --mpi=pmix); rank 0 logs.\n";
 
 int usage_error(const std::string& message) {
   std::fprintf(stderr, "fathom train: %s\n%s", message.c_str(), kUsage);
@@ -80,19 +85,45 @@ int train_main(const std::vector<std::string>& args) {
   if (options.run_dir.empty()) {
     options.run_dir = "runs/" + std::filesystem::path(config_path).stem().string();
   }
+  // Under mpirun or srun every rank runs this; a world of one runs without MPI.
+  const absl::StatusOr<parallel::LaunchEnv> launch = parallel::detect_launch_env();
+  if (!launch.ok()) {
+    std::fprintf(stderr, "fathom train: %s\n", std::string(launch.status().message()).c_str());
+    return 1;
+  }
+  const bool distributed = launch->launcher != parallel::Launcher::kNone &&
+                           launch->world_size.value_or(2) > 1;
+  const int rank = distributed ? launch->rank : 0;
   const absl::StatusOr<trainer::RunConfig> config = trainer::load_run_config(config_path, sets);
   if (!config.ok()) {
-    std::fprintf(stderr, "fathom train: %s\n", std::string(config.status().message()).c_str());
+    // Every rank reads the same file and fails the same way: only rank 0 reports it.
+    if (rank == 0) {
+      std::fprintf(stderr, "fathom train: %s\n", std::string(config.status().message()).c_str());
+    }
     return 1;
   }
   const std::string blas_warning = blas_core_warning();
-  if (!blas_warning.empty()) std::fprintf(stderr, "warning: %s\n", blas_warning.c_str());
-  const absl::StatusOr<trainer::TrainResult> result = trainer::train(*config, options);
-  if (!result.ok()) {
-    std::fprintf(stderr, "fathom train: %s\n", std::string(result.status().message()).c_str());
-    return 1;
+  if (!blas_warning.empty() && rank == 0) {
+    std::fprintf(stderr, "warning: %s\n", blas_warning.c_str());
   }
-  return 0;
+  if (!distributed) {
+    const absl::StatusOr<trainer::TrainResult> result = trainer::train(*config, options);
+    if (!result.ok()) {
+      std::fprintf(stderr, "fathom train: %s\n", std::string(result.status().message()).c_str());
+      return 1;
+    }
+    return 0;
+  }
+  parallel::init_mpi();
+  options.world = &parallel::world_communicator();
+  const int code = parallel::run_rank_main([&]() -> int {
+    const absl::StatusOr<trainer::TrainResult> result = trainer::train(*config, options);
+    // A failure may hit some ranks only: throwing makes run_rank_main stop them all.
+    if (!result.ok()) throw Error(std::string(result.status().message()));
+    return 0;
+  });
+  parallel::finalize_mpi();
+  return code;
 }
 
 }  // namespace fathom::launch

@@ -209,6 +209,10 @@ absl::StatusOr<RunConfig> parse_impl(const YAML::Node& root, std::string_view so
     mtp->finish();
   }
 
+  // ---- parallel ----
+  parallel::read_parallel_config(top.node("parallel"), "parallel", model_ok ? &c.model : nullptr,
+                                 &errors, &c.parallel);
+
   // ---- data ----
   DataConfig& d = c.data;
   std::optional<MapReader> data = open_section(top, "data", "data", &errors);
@@ -556,6 +560,8 @@ std::string run_config_to_yaml(const RunConfig& c) {
   absl::StrAppend(&out, "mtp:\n", "  lambda: ", format_real(c.mtp.lambda), "\n",
                   "  lambda_after: ", format_real(c.mtp.lambda_after), "\n",
                   "  switch_step: ", c.mtp.switch_step, "\n");
+  absl::StrAppend(&out, "parallel:\n", "  pp: ", c.parallel.pp, "\n", "  dp: ", c.parallel.dp,
+                  "\n", "  ep: ", c.parallel.ep, "\n");
   const DataConfig& d = c.data;
   absl::StrAppend(&out, "data:\n", "  task: ", d.task, "\n");
   if (d.task == "mix") {

@@ -33,6 +33,7 @@
 #include "kernels/dtype.h"
 #include "model/config.h"
 #include "model/precision.h"
+#include "parallel/topology.h"
 #include "trainer/lr_schedule.h"
 #include "yaml-cpp/yaml.h"
 
@@ -103,6 +104,9 @@ struct RunConfig {
   // switch_step = train.steps (no switch).
   MtpSchedule mtp;
   DataConfig data;
+  // Section parallel: {pp, dp, ep} (parallel/topology.h); checked against the world size when the
+  // job starts.
+  parallel::ParallelConfig parallel;
 
   bool operator==(const RunConfig&) const = default;
 };

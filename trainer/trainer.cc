@@ -19,6 +19,10 @@
 #include "trainer/lr_schedule.h"
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
+#include "trainer/zero_optimizer.h"
+#include "parallel/expert_parallel.h"
+#include "parallel/local_communicator.h"
+#include "parallel/topology.h"
 
 namespace fathom::trainer {
 namespace {
@@ -26,7 +30,7 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-constexpr char kLoaderKey[] = "loader";
+constexpr char kConsumedKey[] = "consumed_samples";
 constexpr char kOptimizerStepsKey[] = "optimizer_steps";
 constexpr char kConfigKey[] = "config";
 
@@ -40,20 +44,45 @@ void log_line(FILE* log, const std::string& line) {
   std::fflush(log);
 }
 
-// Everything a checkpoint holds, as shards over the live tensors (read fills them in place).
-std::vector<TensorShard> state_tensors(model::DeepSeekV3& model, AdamW& optimizer) {
-  std::vector<TensorShard> out;
-  const model::ParameterList& params = optimizer.parameters();
-  for (size_t i = 0; i < params.size(); ++i) {
-    out.push_back({params[i]->name, params[i]->value});
-    // Moments as flat 1-D tensors: the layout ZeroAdamW shards them in, so checkpoints move
-    // between data-parallel sizes.
-    const int64_t n = params[i]->value.numel();
-    out.push_back({"optim.m." + params[i]->name, optimizer.m(i).view({n})});
-    out.push_back({"optim.v." + params[i]->name, optimizer.v(i).view({n})});
+// What this rank stores of a checkpoint, and what it loads, as shards over the live tensors (read
+// fills them in place). Each row of each global tensor is written by exactly one rank: replicated
+// tensors by world rank 0, expert weights by the first rank of their expert-data-parallel group,
+// optimizer moments by their ZeRO owner. Every rank reads everything it holds.
+struct CheckpointState {
+  std::vector<TensorShard> write;
+  std::vector<TensorShard> read;
+};
+
+CheckpointState checkpoint_state(model::DeepSeekV3& model, ZeroAdamW& optimizer, int world_rank,
+                                 int edp_rank) {
+  CheckpointState state;
+  for (model::Parameter* p : model.parameters()) {
+    TensorShard shard{p->name, p->value, p->global(), p->row_offset};
+    const bool owner = p->is_expert ? edp_rank == 0 : world_rank == 0;
+    if (owner) state.write.push_back(shard);
+    state.read.push_back(shard);
   }
-  for (model::Buffer* b : model.buffers()) out.push_back({b->name, b->value});
-  return out;
+  for (model::Buffer* b : model.buffers()) {
+    TensorShard shard{b->name, b->value};
+    if (world_rank == 0) state.write.push_back(shard);
+    state.read.push_back(shard);
+  }
+  for (const TensorShard& m : optimizer.moment_shards()) {
+    state.write.push_back(m);
+    state.read.push_back(m);
+  }
+  return state;
+}
+
+// Sums `values` over the group in place (no-op for one rank, so a single rank keeps its exact
+// doubles).
+void sum_over(parallel::Communicator& group, std::vector<double>& values) {
+  if (group.size() == 1) return;
+  std::vector<float> f(values.begin(), values.end());
+  Tensor t = Tensor::from_floats(f, {static_cast<int64_t>(f.size())});
+  parallel::all_reduce_sync(group, t);
+  const std::vector<float> out = t.to_floats();
+  for (size_t i = 0; i < values.size(); ++i) values[i] = out[i];
 }
 
 // Keeps the metrics lines of steps <= `step` (a resumed run rewrites what follows).
@@ -101,8 +130,27 @@ std::string model_identity(const RunConfig& c) {
 absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& options) {
   const TrainConfig& tc = config.train;
   if (tc.threads > 0) set_cpu_threads(static_cast<int>(tc.threads));
+
+  parallel::LocalCommunicator alone;
+  parallel::Communicator& world = options.world != nullptr ? *options.world : alone;
+  FATHOM_RETURN_IF_ERROR(parallel::validate(config.parallel, world.size(), config.model));
+  if (config.parallel.pp > 1) {
+    return absl::UnimplementedError(
+        "parallel.pp > 1: pipeline parallelism is not available yet; use pp: 1");
+  }
+  const parallel::RankGrid grid(config.parallel);
+  parallel::ProcessGroups groups = parallel::make_groups(world, grid);
+  const int world_rank = world.rank();
+  const bool lead = world_rank == 0;
+  FILE* log = lead ? options.log : nullptr;
+  std::unique_ptr<parallel::ExpertParallelDispatcher> dispatcher;
+  if (config.parallel.ep > 1) {
+    dispatcher = std::make_unique<parallel::ExpertParallelDispatcher>(
+        *groups.ep, config.model.n_routed_experts);
+  }
+
   std::error_code ec;
-  fs::create_directories(options.run_dir, ec);
+  if (lead) fs::create_directories(options.run_dir, ec);
   if (ec) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot create run directory ", options.run_dir, ": ", ec.message()));
@@ -112,6 +160,7 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
 
   model::ModelOptions model_options;
   model_options.recompute = tc.recompute;
+  model_options.dispatcher = dispatcher.get();
   model::DeepSeekV3 model(config.model, config.precision, options.device, model_options);
   model.init(static_cast<uint64_t>(config.seed));
   AdamWOptions adam;
@@ -121,11 +170,15 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
   adam.weight_decay = config.optimizer.weight_decay;
   adam.grad_clip = config.optimizer.grad_clip;
   adam.moments = config.optimizer.moments;
-  AdamW optimizer(model.parameters(), adam);
-  FATHOM_ASSIGN_OR_RETURN(data::TokenLoader loader,
-                          data::TokenLoader::create(loader_options(config)));
+  ZeroAdamW optimizer(model.parameters(), adam, *groups.dp, *groups.edp);
+  const int dp_size = groups.dp->size();
+  FATHOM_ASSIGN_OR_RETURN(
+      data::TokenLoader loader,
+      data::TokenLoader::create(loader_options(config, groups.dp->rank(), dp_size)));
+  const int64_t samples_per_step = tc.grad_accum * tc.micro_batch_size * dp_size;
 
   TrainResult result;
+  const int edp_rank = groups.edp->rank();
   if (options.resume) {
     absl::StatusOr<std::string> latest = latest_checkpoint(checkpoints_dir);
     if (!latest.ok()) {
@@ -133,9 +186,9 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
           "--resume: no checkpoint to resume from in ", checkpoints_dir, " (",
           latest.status().message(), ")"));
     }
-    std::vector<TensorShard> state = state_tensors(model, optimizer);
+    CheckpointState state = checkpoint_state(model, optimizer, world_rank, edp_rank);
     CheckpointMeta meta;
-    FATHOM_RETURN_IF_ERROR(read_checkpoint(*latest, absl::MakeSpan(state), &meta));
+    FATHOM_RETURN_IF_ERROR(read_checkpoint(*latest, absl::MakeSpan(state.read), &meta));
     FATHOM_ASSIGN_OR_RETURN(RunConfig saved, [&]() -> absl::StatusOr<RunConfig> {
       const YAML::Node root = YAML::Load(meta.text[kConfigKey]);
       return parse_run_config(root, *latest + " (saved config)", options.run_dir);
@@ -145,25 +198,32 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
           "--resume: checkpoint ", *latest,
           " was written for another model or precision; its config is saved in the checkpoint"));
     }
-    FATHOM_ASSIGN_OR_RETURN(data::LoaderState loader_state,
-                            data::LoaderState::from_words(meta.u64[kLoaderKey]));
-    FATHOM_RETURN_IF_ERROR(loader.set_state(loader_state));
+    const std::vector<uint64_t>& consumed = meta.u64[kConsumedKey];
     const std::vector<uint64_t>& opt_steps = meta.u64[kOptimizerStepsKey];
-    optimizer.set_steps(opt_steps.empty() ? meta.step : static_cast<int64_t>(opt_steps[0]));
+    if (consumed.size() != 1 || opt_steps.size() != 1) {
+      return absl::DataLossError(absl::StrCat("--resume: checkpoint ", *latest,
+                                              " lacks its data position or optimizer step"));
+    }
+    loader.skip_to(static_cast<int64_t>(consumed[0]));
+    optimizer.set_steps(static_cast<int64_t>(opt_steps[0]));
     for (model::Parameter* p : model.parameters()) ++p->version;
     result.start_step = meta.step;
-    FATHOM_RETURN_IF_ERROR(truncate_metrics(metrics_path, meta.step));
-    log_line(options.log, absl::StrCat("resumed from ", *latest, " at step ", meta.step));
+    if (lead) FATHOM_RETURN_IF_ERROR(truncate_metrics(metrics_path, meta.step));
+    log_line(log, absl::StrCat("resumed from ", *latest, " at step ", meta.step));
   } else if (fs::exists(checkpoints_dir)) {
     return absl::FailedPreconditionError(absl::StrCat(
         options.run_dir, " already holds checkpoints: pass --resume to continue that run, or "
         "choose another --run-dir"));
-  } else {
+  } else if (lead) {
     fs::remove(metrics_path, ec);
   }
-  FATHOM_RETURN_IF_ERROR(write_text_file(options.run_dir + "/config.yaml",
-                                         run_config_to_yaml(config)));
-  FATHOM_ASSIGN_OR_RETURN(MetricsWriter metrics, MetricsWriter::open(options.run_dir));
+  world.barrier();  // nobody writes into the run directory before everyone has looked at it
+  std::optional<MetricsWriter> metrics;
+  if (lead) {
+    FATHOM_RETURN_IF_ERROR(write_text_file(options.run_dir + "/config.yaml",
+                                           run_config_to_yaml(config)));
+    FATHOM_ASSIGN_OR_RETURN(metrics, MetricsWriter::open(options.run_dir));
+  }
 
   EvalSet eval_set;
   const bool evaluating = tc.eval_samples > 0;
@@ -172,19 +232,22 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
   }
   const int64_t eval_batch = std::max<int64_t>(tc.micro_batch_size, 16);
 
-  const int64_t tokens_per_step = tc.grad_accum * tc.micro_batch_size * tc.seq_len;
+  const int64_t tokens_per_step = samples_per_step * tc.seq_len;  // over all DP ranks
   const double flops_per_token = training_flops_per_token(config.model, tc.seq_len);
-  const PeakFlops peak = peak_flops(options.device, config.precision);
+  PeakFlops peak = peak_flops(options.device, config.precision);
+  peak.flops_per_s *= world.size();  // MFU of the whole job
   const model::ParamCount counts = model::count_parameters(config.model);
-  log_line(options.log,
+  log_line(log,
            absl::StrCat("model: ", counts.trained(), " parameters (", counts.activated,
                         " activated per token), precision ",
                         std::string(model::precision_name(config.precision)), ", ",
-                        options.device.str(), "; ", tokens_per_step, " tokens per step; peak ",
-                        format_si(peak.flops_per_s), "FLOP/s (", peak.source, ")"));
+                        options.device.str(), "; ", world.size(), " rank(s): pp ", grid.pp(),
+                        " x dp ", grid.dp(), ", ep ", grid.ep(), "; ", tokens_per_step,
+                        " tokens per step; peak ", format_si(peak.flops_per_s), "FLOP/s per rank (",
+                        peak.source, ")"));
   if (evaluating) {
     result.first_eval = evaluate(model, eval_set, eval_batch);
-    log_line(options.log,
+    log_line(log,
              absl::StrCat("step ", result.start_step, ": held-out loss ",
                           format_number(result.first_eval.loss), ", answer exact match ",
                           format_number(result.first_eval.answer_accuracy), " (",
@@ -193,20 +256,22 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
 
   const auto save = [&](int64_t step) -> absl::Status {
     const std::string dir = checkpoint_dir_for_step(checkpoints_dir, step);
-    if (fs::exists(dir)) return absl::OkStatus();  // resumed at this very step
+    result.checkpoint = dir;
+    if (step == result.start_step && options.resume) return absl::OkStatus();  // it exists
     CheckpointMeta meta;
     meta.step = step;
-    meta.u64[kLoaderKey] = loader.state().to_words();
+    meta.u64[kConsumedKey] = {static_cast<uint64_t>(step * samples_per_step)};
     meta.u64[kOptimizerStepsKey] = {static_cast<uint64_t>(optimizer.steps())};
     meta.text[kConfigKey] = run_config_to_yaml(config);
-    const std::vector<TensorShard> state = state_tensors(model, optimizer);
-    FATHOM_RETURN_IF_ERROR(write_checkpoint_shard(dir, 0, 1, state, meta));
-    result.checkpoint = dir;
+    const CheckpointState state = checkpoint_state(model, optimizer, world_rank, edp_rank);
+    FATHOM_RETURN_IF_ERROR(
+        write_checkpoint_shard(dir, world_rank, world.size(), state.write, meta));
+    world.barrier();  // the checkpoint is complete when every shard is
     return absl::OkStatus();
   };
 
   std::optional<ProgressPrinter> progress;
-  if (options.log != nullptr) progress.emplace(options.log, tc.log_every);
+  if (log != nullptr) progress.emplace(log, tc.log_every);
   const std::vector<model::Moe*> moes = model.moe_layers();
   const double accum_scale = 1.0 / static_cast<double>(tc.grad_accum);
   const auto run_start = Clock::now();
@@ -227,11 +292,21 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
       sum.balance += l.balance * accum_scale;
     }
     const StepResult stepped = optimizer.step(lr);
-    // Auxiliary-loss-free balancing from this step's load.
+    // Losses: the mean over the DP ranks (each saw the same number of tokens).
+    std::vector<double> parts = {sum.total, sum.lm, sum.mtp, sum.balance};
+    sum_over(*groups.dp, parts);
+    for (double& v : parts) v /= static_cast<double>(dp_size);
+    sum.total = parts[0];
+    sum.lm = parts[1];
+    sum.mtp = parts[2];
+    sum.balance = parts[3];
+    // Auxiliary-loss-free balancing from this step's load over the global batch, so every rank
+    // applies the same update.
     std::vector<double> load_max_mean;
     for (model::Moe* moe : moes) {
       const std::vector<int64_t>& load = moe->expert_load();
       std::vector<double> load_d(load.begin(), load.end());
+      sum_over(*groups.dp, load_d);
       double mean = 0, max = 0;
       for (double v : load_d) {
         mean += v;
@@ -276,7 +351,7 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
         if (progress) progress->print(absl::StrCat("step ", done, ": held-out loss ", format_number(e.loss),
                                     ", answer exact match ", format_number(e.answer_accuracy)));
       }
-      FATHOM_RETURN_IF_ERROR(metrics.write(record));
+      if (metrics) FATHOM_RETURN_IF_ERROR(metrics->write(record));
     }
     const double elapsed = seconds_since(run_start);
     const double done_tokens = static_cast<double>((done - result.start_step) * tokens_per_step);
@@ -312,7 +387,7 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
         .add("eval_loss", result.last_eval.loss)
         .add("eval_answer_accuracy", result.last_eval.answer_accuracy)
         .add("eval_answer_token_accuracy", result.last_eval.answer_token_accuracy);
-    FATHOM_RETURN_IF_ERROR(metrics.write(record));
+    if (metrics) FATHOM_RETURN_IF_ERROR(metrics->write(record));
   }
   std::string summary = absl::StrCat("trained steps ", result.start_step, "..", tc.steps);
   if (!result.loss.empty()) {
@@ -325,9 +400,8 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
                     format_number(result.first_eval.answer_accuracy), " -> ",
                     format_number(result.last_eval.answer_accuracy));
   }
-  log_line(options.log, summary);
-  log_line(options.log, absl::StrCat("checkpoint: ", result.checkpoint, "; metrics: ",
-                                     metrics.path()));
+  log_line(log, summary);
+  log_line(log, absl::StrCat("checkpoint: ", result.checkpoint, "; metrics: ", metrics_path));
   return result;
 }
 

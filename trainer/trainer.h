@@ -16,6 +16,15 @@
 // Resume continues bit-identically: training is deterministic given the config (counter-based
 // initialisation, a counter-based data stream, no dropout), and the checkpoint holds every piece
 // of state that changes during training.
+//
+// Many ranks (issue 4): with a world communicator, the ranks form the grid of config.parallel
+// (parallel/topology.h): data parallelism with ZeRO-1 (trainer/zero_optimizer.h), each DP rank
+// reading its own share of every global batch, and expert parallelism inside the DP group
+// (parallel/expert_parallel.h). Losses are averaged and expert loads summed over the DP group, so
+// every rank holds identical parameters and router biases. Rank 0 logs and writes metrics; every
+// rank writes its own checkpoint shard (its unique rows of every tensor, under global names), so a
+// checkpoint written under one layout resumes under another. Pipeline parallelism (pp > 1) is not
+// available yet.
 #pragma once
 
 #include <cstdint>
@@ -25,6 +34,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/device.h"
+#include "parallel/communicator.h"
 #include "trainer/evaluate.h"
 #include "trainer/run_config.h"
 
@@ -36,7 +46,9 @@ struct TrainOptions {
   // none, or when its model or precision differ from the config).
   bool resume = false;
   Device device = Device::cpu();
-  FILE* log = stderr;  // progress and summaries; nullptr: silent
+  FILE* log = stderr;  // progress and summaries (rank 0 only); nullptr: silent
+  // The ranks of this job; nullptr: this process alone. Must outlive train().
+  parallel::Communicator* world = nullptr;
 };
 
 struct TrainResult {

@@ -273,6 +273,11 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
   std::optional<ProgressPrinter> progress;
   if (log != nullptr) progress.emplace(log, tc.log_every);
   const std::vector<model::Moe*> moes = model.moe_layers();
+  std::vector<std::string> moe_names;  // "layers.1", "mtp.0.block": the prefix of each MoE layer
+  for (model::Moe* moe : moes) {
+    const std::string& gate = moe->gate.weight.name;  // "<prefix>.ffn.gate.weight"
+    moe_names.push_back(gate.substr(0, gate.rfind(".ffn.gate.weight")));
+  }
   const double accum_scale = 1.0 / static_cast<double>(tc.grad_accum);
   const auto run_start = Clock::now();
   double compute_seconds = 0;
@@ -303,10 +308,12 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
     // Auxiliary-loss-free balancing from this step's load over the global batch, so every rank
     // applies the same update.
     std::vector<double> load_max_mean;
+    std::vector<std::vector<double>> expert_load;
     for (model::Moe* moe : moes) {
       const std::vector<int64_t>& load = moe->expert_load();
       std::vector<double> load_d(load.begin(), load.end());
       sum_over(*groups.dp, load_d);
+      expert_load.push_back(load_d);
       double mean = 0, max = 0;
       for (double v : load_d) {
         mean += v;
@@ -342,6 +349,19 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
           .add("mfu", mfu)
           .add("step_ms", step_seconds * 1e3)
           .add("expert_load_max_mean", absl::MakeConstSpan(load_max_mean));
+      // Tokens per expert over the global batch, one key per MoE layer (router collapse shows
+      // here first).
+      for (size_t i = 0; i < expert_load.size(); ++i) {
+        record.add(absl::StrCat("expert_load.", moe_names[i]), absl::MakeConstSpan(expert_load[i]));
+      }
+      if (dispatcher != nullptr) {
+        // This rank's expert-parallel traffic over the step (rank 0's, as every log line).
+        const parallel::ExpertParallelMetrics& ep = dispatcher->metrics();
+        record.add("ep_rows_sent", absl::MakeConstSpan(ep.rows_sent))
+            .add("ep_rows_received", absl::MakeConstSpan(ep.rows_received))
+            .add("ep_bytes_sent", ep.bytes_sent)
+            .add("ep_all_to_all_ms", ep.all_to_all_seconds * 1e3);
+      }
       if (stepped.skipped) record.add("skipped", true);
       if (eval_now) {
         const EvalResult e = evaluate(model, eval_set, eval_batch);
@@ -353,6 +373,7 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
       }
       if (metrics) FATHOM_RETURN_IF_ERROR(metrics->write(record));
     }
+    if (dispatcher != nullptr) dispatcher->reset_metrics();
     const double elapsed = seconds_since(run_start);
     const double done_tokens = static_cast<double>((done - result.start_step) * tokens_per_step);
     const double max_load = load_max_mean.empty()

@@ -8,8 +8,11 @@
 //   config.yaml    the resolved run config
 //   metrics.jsonl  one JSON object per logged step (trainer/metrics.h): step, loss, lm_loss,
 //                  mtp_loss, balance_loss, grad_norm, lr, mtp_lambda, tokens_per_s, mfu, step_ms,
-//                  expert_load_max_mean (max / mean expert load of each MoE layer), and eval_* on
-//                  evaluation steps
+//                  expert_load_max_mean (max / mean expert load of each MoE layer),
+//                  expert_load.<layer> (tokens per expert over the global batch), with expert
+//                  parallelism ep_rows_sent / ep_rows_received (per peer rank), ep_bytes_sent and
+//                  ep_all_to_all_ms (rank 0's traffic over the step), and eval_* on evaluation
+//                  steps
 //   checkpoints/step-NNNNNN/  HDF5 checkpoints (trainer/checkpoint.h): parameters, AdamW moments
 //                  ("optim.m.<name>", "optim.v.<name>", flattened to 1-D), router biases, and in the metadata the step,
 //                  the optimizer step count, the loader position and the run config.

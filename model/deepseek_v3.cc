@@ -230,6 +230,8 @@ Losses DeepSeekV3::forward(const Tensor& tokens, bool training, Pass& pass) {
 }
 
 void DeepSeekV3::backward(double loss_scale, Pass& pass, WeightGradStore* store) {
+  // With deferred weight gradients nothing is final until the store runs.
+  const bool report = gradients_ready_ != nullptr && store == nullptr;
   const int64_t depth = config_.mtp_depth;
   const int64_t t = pass.layout.batch * pass.layout.seq_len;
   const int64_t dim = config_.dim;
@@ -264,6 +266,15 @@ void DeepSeekV3::backward(double loss_scale, Pass& pass, WeightGradStore* store)
     embed_.backward_weight_or_defer(pass.depths[k + 1].ids, de, store);
     dprev = Tensor::empty({t, dim}, DType::kF32, device_);
     m.hnorm.backward(dh_normed, saved.hnorm, dprev);
+    if (report) {
+      ParameterList ready;
+      m.enorm.append_parameters(ready);
+      m.hnorm.append_parameters(ready);
+      m.eh_proj.append_parameters(ready);
+      m.block.append_parameters(ready);
+      m.norm.append_parameters(ready);
+      gradients_ready_(ready);
+    }
   }
 
   Tensor dnormed = Tensor::empty({t, dim}, DType::kF32, device_);
@@ -271,12 +282,28 @@ void DeepSeekV3::backward(double loss_scale, Pass& pass, WeightGradStore* store)
   Tensor dh = Tensor::empty({t, dim}, DType::kF32, device_);
   norm_.backward(dnormed, pass.norm, dh);
   if (dprev.defined()) axpy(1.0f, dprev, dh);
+  if (report) {
+    ParameterList ready;
+    head_.append_parameters(ready);
+    norm_.append_parameters(ready);
+    gradients_ready_(ready);
+  }
   for (int64_t i = static_cast<int64_t>(layers_.size()) - 1; i >= 0; --i) {
     Tensor dx = Tensor::empty({t, dim}, DType::kF32, device_);
     layers_[i]->backward(dh, loss_scale, pass.blocks[i], dx, store);
     dh = dx;
+    if (report) {
+      ParameterList ready;
+      layers_[i]->append_parameters(ready);
+      gradients_ready_(ready);
+    }
   }
   embed_.backward_weight_or_defer(pass.depths[0].ids, dh, store);
+  if (report) {
+    ParameterList ready;
+    embed_.append_parameters(ready);
+    gradients_ready_(ready);
+  }
 }
 
 Losses DeepSeekV3::forward_backward(const Tensor& tokens, double loss_scale,

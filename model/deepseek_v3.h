@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -77,6 +78,14 @@ class DeepSeekV3 {
   // The MoE blocks' layers (main, then MTP), for expert load and the bias update.
   std::vector<Moe*> moe_layers();
 
+  // Called during forward_backward (without a WeightGradStore) with groups of parameters whose
+  // gradients that backward has finished, in the order it finishes them: each MTP module, the
+  // head, the final norm, each block from the last, the embedding; every parameter once. Data
+  // parallelism uses it to start reducing gradients while backward goes on. Empty: no calls.
+  void set_gradients_ready_hook(std::function<void(const ParameterList&)> hook) {
+    gradients_ready_ = std::move(hook);
+  }
+
   // The MTP loss weight lambda from now on (the trainer's lambda schedule).
   void set_mtp_lambda(double lambda) { config_.mtp_lambda = lambda; }
 
@@ -106,6 +115,7 @@ class DeepSeekV3 {
   RmsNorm norm_;
   OutputHead head_;
   std::vector<std::unique_ptr<MtpModule>> mtp_;
+  std::function<void(const ParameterList&)> gradients_ready_;
 };
 
 }  // namespace fathom::model

@@ -289,6 +289,13 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
     optimizer.zero_grad();
     model::Losses sum;
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
+      // The last micro-batch's backward finishes the gradients: reduce them as it goes.
+      if (micro + 1 == tc.grad_accum && dp_size > 1) {
+        model.set_gradients_ready_hook(
+            [&optimizer](const model::ParameterList& ready) { optimizer.gradients_ready(ready); });
+      } else {
+        model.set_gradients_ready_hook(nullptr);
+      }
       const Tensor tokens = loader.next_batch(tc.micro_batch_size);
       const model::Losses l = model.forward_backward(tokens, accum_scale);
       sum.total += l.total * accum_scale;

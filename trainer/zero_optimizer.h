@@ -1,10 +1,14 @@
 // ZeRO-1 AdamW across data-parallel ranks (DESIGN.md decision 3, SPEC.md section 2).
 //
 // Every data-parallel rank holds the full FP32 parameters and computes gradients on its own
-// micro-batches. step():
-//   1. reduce-scatters the gradients: dense parameters over the data-parallel group, routed-expert
-//      parameters (Parameter::is_expert) over the expert-data-parallel group only (the ranks that
-//      hold the same experts), each as one flat bucket, non-blocking;
+// micro-batches. The gradients are reduce-scattered in buckets of about bucket_bytes: dense
+// parameters over the data-parallel group, routed-expert parameters (Parameter::is_expert) over
+// the expert-data-parallel group only (the ranks that hold the same experts). Buckets follow the
+// reverse parameter order (the order backward finishes them), and a bucket's non-blocking
+// reduce-scatter is posted as soon as every gradient in it is final (gradients_ready(), called from
+// the model's backward of the last micro-batch), so communication overlaps the rest of backward.
+// step():
+//   1. posts the buckets not posted yet and waits for all;
 //   2. divides by the data-parallel size (the loss is a mean over the global batch);
 //   3. clips by the global gradient norm, all-reduced over the data-parallel group;
 //   4. runs AdamW on this rank's shard: 1/D of every parameter's elements, with moments for that
@@ -20,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "model/module.h"
@@ -34,11 +39,18 @@ class ZeroAdamW {
   // dp: the data-parallel group; edp: the expert-data-parallel group (dp itself when there is no
   // expert parallelism). Both must outlive the optimizer, as must the parameters.
   ZeroAdamW(model::ParameterList params, const AdamWOptions& options, parallel::Communicator& dp,
-            parallel::Communicator& edp);
+            parallel::Communicator& edp, int64_t bucket_bytes = kDefaultBucketBytes);
 
+  static constexpr int64_t kDefaultBucketBytes = 16 << 20;
+
+  // These parameters' gradients are final for this step: posts the reduce-scatter of every bucket
+  // they complete. Parameters not in this optimizer are ignored. Every rank must report the same
+  // parameters in the same order (the model's backward does).
+  void gradients_ready(const model::ParameterList& params);
   // Steps 1-5 above. Every rank returns the same StepResult; a non-finite global norm skips the
   // update everywhere.
   StepResult step(double lr);
+  int64_t bucket_count() const { return static_cast<int64_t>(buckets_.size()); }
   void zero_grad();
 
   int64_t steps() const { return steps_; }
@@ -48,9 +60,9 @@ class ZeroAdamW {
   std::vector<TensorShard> moment_shards();
 
  private:
-  // The parameters reduced over one communicator, laid out rank-major in flat buffers: rank q's
-  // chunk holds, for every parameter, its shard q (padded to the shard size).
-  struct Group {
+  // Parameters reduced together over one communicator, laid out rank-major in flat buffers:
+  // rank q's chunk holds, for every parameter, its shard q (padded to the shard size).
+  struct Bucket {
     parallel::Communicator* comm = nullptr;
     std::vector<model::Parameter*> params;
     std::vector<int64_t> shard;   // per parameter: ceil(numel / comm size)
@@ -60,16 +72,21 @@ class ZeroAdamW {
     Tensor grad_shard;            // (chunk) f32
     Tensor param_shard;           // (chunk) f32
     Tensor m, v;                  // (chunk) moments dtype
+    int64_t ready = 0;            // parameters reported ready this step
+    parallel::WorkHandle reduce;  // the posted reduce-scatter, until step() waits for it
   };
-  void build_group(Group& g, parallel::Communicator& comm, std::vector<model::Parameter*> params);
-  // Elements of parameter i of g held by rank q: [begin, begin + length) of the flattened value.
-  static int64_t shard_length(const Group& g, size_t i, int q);
+  void build_buckets(parallel::Communicator& comm, const std::vector<model::Parameter*>& params,
+                     int64_t bucket_bytes);
+  void post(Bucket& b);
+  // Elements of parameter i of b held by rank q: [q * shard[i], + length) of the flattened value.
+  static int64_t shard_length(const Bucket& b, size_t i, int q);
 
   model::ParameterList params_;
   AdamWOptions options_;
   parallel::Communicator& dp_;
-  Group dense_;
-  Group expert_;
+  std::vector<Bucket> buckets_;
+  // Parameter -> (bucket, index in bucket).
+  std::vector<std::pair<const model::Parameter*, std::pair<size_t, size_t>>> where_;
   int64_t steps_ = 0;
 };
 

@@ -98,6 +98,7 @@ void read_parallel_config(const YAML::Node& node, const std::string& path,
   reader.read("pp", &config.pp);
   reader.read("dp", &config.dp);
   reader.read("ep", &config.ep);
+  reader.read("fp8_dispatch", &config.fp8_dispatch);
   reader.finish();
   if (errors->issues().size() != errors_before) return;
   for (model::ConfigIssue& issue : find_parallel_issues(config, 0, model)) {

@@ -51,6 +51,9 @@ struct ParallelConfig {
   int64_t pp = 1;  // pipeline stages, >= 1, at most model.n_layers
   int64_t dp = 1;  // data-parallel ranks per stage, >= 1
   int64_t ep = 1;  // expert-parallel ranks, >= 1, dividing dp and model.n_routed_experts
+  // Send MoE dispatch activations as E4M3 with 1x128 scales (combine stays full precision), as
+  // V3 does; only with ep > 1.
+  bool fp8_dispatch = false;
 
   int64_t world_size() const { return pp * dp; }
   int64_t edp() const { return dp / ep; }  // expert-data-parallel ranks (valid configs only)

@@ -561,7 +561,8 @@ std::string run_config_to_yaml(const RunConfig& c) {
                   "  lambda_after: ", format_real(c.mtp.lambda_after), "\n",
                   "  switch_step: ", c.mtp.switch_step, "\n");
   absl::StrAppend(&out, "parallel:\n", "  pp: ", c.parallel.pp, "\n", "  dp: ", c.parallel.dp,
-                  "\n", "  ep: ", c.parallel.ep, "\n");
+                  "\n", "  ep: ", c.parallel.ep, "\n",
+                  "  fp8_dispatch: ", c.parallel.fp8_dispatch ? "true" : "false", "\n");
   const DataConfig& d = c.data;
   absl::StrAppend(&out, "data:\n", "  task: ", d.task, "\n");
   if (d.task == "mix") {

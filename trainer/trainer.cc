@@ -145,8 +145,10 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
   FILE* log = lead ? options.log : nullptr;
   std::unique_ptr<parallel::ExpertParallelDispatcher> dispatcher;
   if (config.parallel.ep > 1) {
+    parallel::ExpertParallelOptions ep_options;
+    ep_options.fp8_dispatch = config.parallel.fp8_dispatch;
     dispatcher = std::make_unique<parallel::ExpertParallelDispatcher>(
-        *groups.ep, config.model.n_routed_experts);
+        *groups.ep, config.model.n_routed_experts, ep_options);
   }
 
   std::error_code ec;

@@ -3,6 +3,7 @@
 // resumes under another (world-size layouts, then a single rank) with the same losses.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <string>
@@ -119,6 +120,31 @@ TEST(TrainLayoutTest, Fp32LossesMatchSingleRankAcrossLayoutsAndResumes) {
 // tokens than one rank does, so the quantization itself differs between layouts.
 TEST(TrainLayoutTest, Fp8LossesMatchSingleRankAcrossLayoutsAndResumes) {
   check_layouts("fp8", 2e-3);
+}
+
+// FP8 dispatch (E4M3 activations with 1x128 scales to the experts, full-precision combine): close to
+// the single-rank fp32 run, and measurably not equal to it (the option is in effect).
+TEST(TrainLayoutTest, Fp8DispatchStaysCloseToSingleRank) {
+  parallel::Communicator& world = parallel::world_communicator();
+  const int n = world.size();
+  if (n < 2) GTEST_SKIP() << "needs at least 2 ranks";
+  const RunConfig config = tiny_run("fp32");
+  const std::vector<double> reference = single_rank_losses(
+      config, ::testing::TempDir() + "/train_layout_ref_fp8d_rank" + std::to_string(world.rank()));
+  RunConfig fp8 = with_layout(config, kSteps, n, n);
+  fp8.parallel.fp8_dispatch = true;
+  TrainOptions options;
+  options.run_dir = shared_dir(world, "fp8_dispatch");
+  options.log = nullptr;
+  options.world = &world;
+  absl::StatusOr<TrainResult> r = train(fp8, options);
+  ASSERT_TRUE(r.ok()) << r.status();
+  expect_losses_close(r->loss, reference, 0, 5e-3, "fp8 dispatch");
+  double largest = 0;
+  for (int i = 0; i < kSteps; ++i) {
+    largest = std::max(largest, std::abs(r->loss[i] - reference[i]) / reference[i]);
+  }
+  EXPECT_GT(largest, 1e-6) << "fp8 dispatch left every loss unchanged";
 }
 
 }  // namespace

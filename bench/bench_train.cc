@@ -6,7 +6,9 @@
 // auxiliary-loss-free router-bias update. Fathom trains in FP32 (PyTorch's precision here). Both
 // sides train on uniform random tokens (B, S + mtp_depth + 1) and time steps after a warm-up; the
 // median step gives tokens/s = B * S / step. MFU = tokens/s x training_flops_per_token
-// (trainer/flops.h) / the sgemm 2048^3 ceiling measured in this run.
+// (trainer/flops.h) / the sgemm 2048^3 ceiling, measured in this run before and after the cases
+// (the higher value). The table also splits the Fathom step into forward + backward and the rest
+// (zero_grad, AdamW, bias update); per-round numbers go to stderr.
 //
 // Each model runs in two variants: as configured (MoE blocks after the first n_dense_layers) and
 // dense (n_dense_layers = n_layers, the MTP block too), which bench/torch_train.py builds with

@@ -30,6 +30,17 @@ Fp8Tensor quantize_transposed_1x128(const Tensor& x) {
   return quantize_fp8(transposed(x), ScaleBlock::k1x128);
 }
 
+void WorkingWeights::refresh(const Parameter& weight, TrainingPrecision precision) {
+  if (version == weight.version) return;
+  if (precision == TrainingPrecision::kBf16) {
+    bf16 = to_bf16(weight.value);
+  } else if (precision == TrainingPrecision::kFp8) {
+    q = quantize_fp8(weight.value, ScaleBlock::k128x128);
+    tq = quantize_fp8(transposed(weight.value), ScaleBlock::k128x128);
+  }
+  version = weight.version;
+}
+
 // ---- Linear ----
 
 Linear::Linear(std::string name, int64_t out_features, int64_t in_features,
@@ -37,43 +48,32 @@ Linear::Linear(std::string name, int64_t out_features, int64_t in_features,
     : weight(make_parameter(std::move(name), {out_features, in_features}, device)),
       precision_(precision) {}
 
-void Linear::refresh_working_copy() const {
-  if (working_version_ == weight.version) return;
-  if (precision_ == TrainingPrecision::kBf16) {
-    weight_bf16_ = to_bf16(weight.value);
-  } else if (precision_ == TrainingPrecision::kFp8) {
-    weight_q_ = quantize_fp8(weight.value, ScaleBlock::k128x128);
-    weight_tq_ = quantize_fp8(transposed(weight.value), ScaleBlock::k128x128);
-  }
-  working_version_ = weight.version;
-}
-
 void Linear::forward(const Tensor& x, Tensor& y) const {
-  refresh_working_copy();
+  working_.refresh(weight, precision_);
   switch (precision_) {
     case TrainingPrecision::kFp32:
       gemm(x, weight.value, y, {.trans_b = true});
       break;
     case TrainingPrecision::kBf16:
-      gemm(to_bf16(x), weight_bf16_, y, {.trans_b = true});
+      gemm(to_bf16(x), working_.bf16, y, {.trans_b = true});
       break;
     case TrainingPrecision::kFp8:
-      gemm_fp8(quantize_fp8(x, ScaleBlock::k1x128), weight_q_, y);
+      gemm_fp8(quantize_fp8(x, ScaleBlock::k1x128), working_.q, y);
       break;
   }
 }
 
 void Linear::backward_input(const Tensor& dy, Tensor& dx) const {
-  refresh_working_copy();
+  working_.refresh(weight, precision_);
   switch (precision_) {
     case TrainingPrecision::kFp32:
       gemm(dy, weight.value, dx);
       break;
     case TrainingPrecision::kBf16:
-      gemm(to_bf16(dy), weight_bf16_, dx);
+      gemm(to_bf16(dy), working_.bf16, dx);
       break;
     case TrainingPrecision::kFp8:
-      gemm_fp8(quantize_fp8(dy, ScaleBlock::k1x128), weight_tq_, dx);
+      gemm_fp8(quantize_fp8(dy, ScaleBlock::k1x128), working_.tq, dx);
       break;
   }
 }
@@ -106,44 +106,33 @@ GroupedLinear::GroupedLinear(std::string name, int64_t groups, int64_t out_featu
   weight.is_expert = true;
 }
 
-void GroupedLinear::refresh_working_copy() const {
-  if (working_version_ == weight.version) return;
-  if (precision_ == TrainingPrecision::kBf16) {
-    weight_bf16_ = to_bf16(weight.value);
-  } else if (precision_ == TrainingPrecision::kFp8) {
-    weight_q_ = quantize_fp8(weight.value, ScaleBlock::k128x128);
-    weight_tq_ = quantize_fp8(transposed(weight.value), ScaleBlock::k128x128);
-  }
-  working_version_ = weight.version;
-}
-
 void GroupedLinear::forward(const Tensor& x, absl::Span<const int64_t> counts, Tensor& y) const {
-  refresh_working_copy();
+  working_.refresh(weight, precision_);
   switch (precision_) {
     case TrainingPrecision::kFp32:
       grouped_gemm(x, weight.value, counts, y);
       break;
     case TrainingPrecision::kBf16:
-      grouped_gemm(to_bf16(x), weight_bf16_, counts, y);
+      grouped_gemm(to_bf16(x), working_.bf16, counts, y);
       break;
     case TrainingPrecision::kFp8:
-      grouped_gemm_fp8(quantize_fp8(x, ScaleBlock::k1x128), weight_q_, counts, y);
+      grouped_gemm_fp8(quantize_fp8(x, ScaleBlock::k1x128), working_.q, counts, y);
       break;
   }
 }
 
 void GroupedLinear::backward_input(const Tensor& dy, absl::Span<const int64_t> counts,
                                    Tensor& dx) const {
-  refresh_working_copy();
+  working_.refresh(weight, precision_);
   switch (precision_) {
     case TrainingPrecision::kFp32:
       grouped_gemm(dy, weight.value, counts, dx, {.trans_w = false});
       break;
     case TrainingPrecision::kBf16:
-      grouped_gemm(to_bf16(dy), weight_bf16_, counts, dx, {.trans_w = false});
+      grouped_gemm(to_bf16(dy), working_.bf16, counts, dx, {.trans_w = false});
       break;
     case TrainingPrecision::kFp8:
-      grouped_gemm_fp8(quantize_fp8(dy, ScaleBlock::k1x128), weight_tq_, counts, dx);
+      grouped_gemm_fp8(quantize_fp8(dy, ScaleBlock::k1x128), working_.tq, counts, dx);
       break;
   }
 }

@@ -24,6 +24,17 @@
 
 namespace fathom::model {
 
+// The low-precision copies of a weight that its GEMMs read: bf16, or E4M3 of W and of W^T (last
+// two dims swapped) with 128x128 block scales. Rebuilt when the parameter's version changes.
+struct WorkingWeights {
+  void refresh(const Parameter& weight, TrainingPrecision precision);
+
+  uint64_t version = ~uint64_t{0};
+  Tensor bf16;
+  Fp8Tensor q;   // W, 128x128
+  Fp8Tensor tq;  // W^T, 128x128
+};
+
 class Linear {
  public:
   // weight: (out_features, in_features), zero until initialised.
@@ -47,13 +58,8 @@ class Linear {
   Parameter weight;
 
  private:
-  void refresh_working_copy() const;
-
   TrainingPrecision precision_;
-  mutable uint64_t working_version_ = ~uint64_t{0};
-  mutable Tensor weight_bf16_;   // bf16 mode
-  mutable Fp8Tensor weight_q_;   // fp8 mode: W (out, in), 128x128
-  mutable Fp8Tensor weight_tq_;  // fp8 mode: W^T (in, out), 128x128
+  mutable WorkingWeights working_;
 };
 
 // Routed experts' weights as one (G, out, in) tensor; group g's rows of x use expert g.
@@ -80,13 +86,8 @@ class GroupedLinear {
   Parameter weight;
 
  private:
-  void refresh_working_copy() const;
-
   TrainingPrecision precision_;
-  mutable uint64_t working_version_ = ~uint64_t{0};
-  mutable Tensor weight_bf16_;
-  mutable Fp8Tensor weight_q_;   // (G, out, in), 128x128 blocks per expert
-  mutable Fp8Tensor weight_tq_;  // (G, in, out)
+  mutable WorkingWeights working_;  // per expert: (G, out, in) and (G, in, out)
 };
 
 // x (rows, cols) f32/bf16 -> E4M3 of x^T (cols, rows) with 1x128 tiles along rows: the operand

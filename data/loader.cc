@@ -11,19 +11,14 @@
 #include "absl/strings/str_join.h"
 #include "kernels/check.h"
 
+#include "kernels/hash.h"
+
 namespace fathom::data {
 namespace {
 
-uint64_t mix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
 // A seed derived from (seed, purpose, index), so the streams used for different purposes differ.
 uint64_t derive_seed(uint64_t seed, uint64_t purpose, uint64_t index) {
-  return mix64(mix64(seed ^ mix64(purpose)) + index);
+  return splitmix64(splitmix64(seed ^ splitmix64(purpose)) + index);
 }
 
 constexpr uint64_t kPoolRounds = 1;
@@ -36,7 +31,7 @@ constexpr uint64_t kHeldOutOrder = 5;
 class Rng {
  public:
   explicit Rng(uint64_t seed) : state_(seed) {}
-  uint64_t next() { return mix64(state_++ * 0x9e3779b97f4a7c15ull); }
+  uint64_t next() { return splitmix64(state_++ * kGoldenGamma); }
   // Uniform in [0, n) for n >= 1 (multiply-shift; the bias is at most n / 2^64).
   uint64_t below(uint64_t n) {
     return static_cast<uint64_t>((static_cast<unsigned __int128>(next()) * n) >> 64);
@@ -114,14 +109,7 @@ absl::StatusOr<std::vector<Task>> draw_distinct(TaskKind kind, Split split, uint
   return out;
 }
 
-uint64_t fnv1a(std::string_view text) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char c : text) {
-    h ^= c;
-    h *= 0x100000001b3ull;
-  }
-  return mix64(h);
-}
+uint64_t hash_text(std::string_view text) { return splitmix64(fnv1a(text)); }
 
 uint64_t fingerprint_of(const LoaderOptions& o) {
   std::string text;
@@ -135,7 +123,7 @@ uint64_t fingerprint_of(const LoaderOptions& o) {
   absl::StrAppend(&text, a.min_digits, ",", a.max_digits, ",", a.ops, ",", a.allow_negative, ";",
                   c.min_numbers, ",", c.max_numbers, ",", c.max_value, ",", c.max_target, ";",
                   o.seed, ",", o.train_problems, ",", o.seq_len, ",", o.extra);
-  return fnv1a(text);
+  return hash_text(text);
 }
 
 }  // namespace

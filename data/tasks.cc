@@ -9,21 +9,16 @@
 #include "absl/strings/str_join.h"
 #include "kernels/check.h"
 
+#include "kernels/hash.h"
+
 namespace fathom::data {
 namespace {
-
-// splitmix64's output function: a bijective 64-bit mixer.
-uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
 
 // splitmix64 (Steele, Lea, Flood 2014): the same integer stream on every platform.
 class Rng {
  public:
   explicit Rng(uint64_t seed) : state_(seed) {}
-  uint64_t next() { return mix64(state_ += 0x9e3779b97f4a7c15ULL); }
+  uint64_t next() { return mix64(state_ += kGoldenGamma); }
   // Uniform in [lo, hi], lo <= hi, by rejection so that no value is favoured.
   int64_t uniform(int64_t lo, int64_t hi) {
     const uint64_t span = static_cast<uint64_t>(hi) - static_cast<uint64_t>(lo) + 1;
@@ -501,14 +496,7 @@ absl::Status validate(const TaskOptions& options) {
   return absl::InvalidArgumentError(absl::StrJoin(errors, "; "));
 }
 
-uint64_t split_hash(std::string_view canonical) {
-  uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a offset basis
-  for (char c : canonical) {
-    h ^= static_cast<unsigned char>(c);
-    h *= 0x100000001b3ULL;  // FNV prime
-  }
-  return mix64(h);
-}
+uint64_t split_hash(std::string_view canonical) { return mix64(fnv1a(canonical)); }
 
 Split split_of(std::string_view canonical) {
   return split_hash(canonical) % kHeldOutModulus == 0 ? Split::kHeldOut : Split::kTrain;

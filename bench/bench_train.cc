@@ -27,6 +27,8 @@
 //   --no-torch   skip the PyTorch column
 #include <omp.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>

@@ -17,13 +17,11 @@ namespace {
 // x (R, sum(widths)) -> one (R, w) tensor per width, in order.
 std::vector<Tensor> split_columns(const Tensor& x, absl::Span<const int64_t> widths) {
   const int64_t rows = x.dim(0);
-  Tensor xt = Tensor::empty({x.dim(1), rows}, x.dtype(), x.device());
-  transpose(x, xt);
   std::vector<Tensor> parts;
   int64_t start = 0;
   for (int64_t w : widths) {
     Tensor part = Tensor::empty({rows, w}, x.dtype(), x.device());
-    transpose(xt.narrow(start, w), part);
+    copy_columns(x, start, part, 0, w);
     parts.push_back(part);
     start += w;
   }
@@ -37,15 +35,12 @@ Tensor concat_columns(absl::Span<const Tensor> parts) {
   const int64_t rows = parts[0].dim(0);
   int64_t cols = 0;
   for (const Tensor& p : parts) cols += p.dim(1);
-  Tensor t = Tensor::empty({cols, rows}, parts[0].dtype(), parts[0].device());
+  Tensor out = Tensor::empty({rows, cols}, parts[0].dtype(), parts[0].device());
   int64_t start = 0;
   for (const Tensor& p : parts) {
-    Tensor block = t.narrow(start, p.dim(1));
-    transpose(p, block);
+    copy_columns(p, 0, out, start, p.dim(1));
     start += p.dim(1);
   }
-  Tensor out = Tensor::empty({rows, cols}, t.dtype(), t.device());
-  transpose(t, out);
   return out;
 }
 

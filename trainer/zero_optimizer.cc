@@ -105,10 +105,14 @@ StepResult ZeroAdamW::step(double lr) {
     scale(b.grad_shard, 1.0f / static_cast<float>(dp_.size()));
     local_sq += reduce_all(b.grad_shard, Reduce::kSumSquares);
   }
-  // Summed in f32 across ranks: the norm only sets the clipping factor.
-  Tensor norm_sq = Tensor::from_floats({static_cast<float>(local_sq)}, {1});
-  if (dp_.size() > 1) parallel::all_reduce_sync(dp_, norm_sq);
-  result.grad_norm = std::sqrt(static_cast<double>(norm_sq.to_floats()[0]));
+  double norm_sq = local_sq;
+  if (dp_.size() > 1) {
+    // Summed in f32 across ranks: the norm only sets the clipping factor.
+    Tensor partial = Tensor::from_floats({static_cast<float>(local_sq)}, {1});
+    parallel::all_reduce_sync(dp_, partial);
+    norm_sq = partial.to_floats()[0];
+  }
+  result.grad_norm = std::sqrt(norm_sq);
   if (!std::isfinite(result.grad_norm)) {
     result.skipped = true;
     return result;

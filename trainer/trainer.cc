@@ -5,7 +5,6 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
-#include <sstream>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -14,15 +13,15 @@
 #include "model/deepseek_v3.h"
 #include "model/moe.h"
 #include "model/param_count.h"
+#include "parallel/expert_parallel.h"
+#include "parallel/local_communicator.h"
+#include "parallel/topology.h"
 #include "trainer/checkpoint.h"
 #include "trainer/flops.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
 #include "trainer/zero_optimizer.h"
-#include "parallel/expert_parallel.h"
-#include "parallel/local_communicator.h"
-#include "parallel/topology.h"
 
 namespace fathom::trainer {
 namespace {

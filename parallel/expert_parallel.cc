@@ -221,6 +221,15 @@ void ExpertParallelDispatcher::dispatch(const Tensor& x, const Tensor& topk_idx,
   }
 }
 
+Tensor ExpertParallelDispatcher::return_to_origin(const Tensor& grouped, const Layout& layout,
+                                                  int64_t n_selections) {
+  const Tensor back = layout.identity ? grouped : gather(grouped, layout.received_from_grouped);
+  Tensor returned =
+      Tensor::empty({n_selections, grouped.dim(1)}, DType::kF32, grouped.device());
+  timed_all_to_all(back, layout.recv_rows, returned, layout.send_rows);
+  return returned;
+}
+
 void ExpertParallelDispatcher::combine(const Tensor& expert_out, const model::DispatchPlan& plan,
                                        Tensor& selection_out) {
   constexpr const char* kFn = "ExpertParallelDispatcher::combine";
@@ -232,11 +241,7 @@ void ExpertParallelDispatcher::combine(const Tensor& expert_out, const model::Di
   check_rows(kFn, "expert_out", expert_out, n);
   const int64_t n_sel = plan.n_tokens * plan.top_k;
 
-  const Tensor back =
-      layout.identity ? expert_out : gather(expert_out, layout.received_from_grouped);
-  Tensor returned = Tensor::empty({n_sel, dim}, DType::kF32, device);
-  timed_all_to_all(back, layout.recv_rows, returned, layout.send_rows);
-  selection_out = gather(returned, plan.selection_position);
+  selection_out = gather(return_to_origin(expert_out, layout, n_sel), plan.selection_position);
 }
 
 void ExpertParallelDispatcher::combine_backward(const Tensor& d_selection_out,
@@ -267,10 +272,7 @@ void ExpertParallelDispatcher::dispatch_backward(const Tensor& d_expert_tokens,
   check_rows(kFn, "d_expert_tokens", d_expert_tokens, n);
   const int64_t n_sel = plan.n_tokens * plan.top_k;
 
-  const Tensor back =
-      layout.identity ? d_expert_tokens : gather(d_expert_tokens, layout.received_from_grouped);
-  Tensor returned = Tensor::empty({n_sel, dim}, DType::kF32, device);
-  timed_all_to_all(back, layout.recv_rows, returned, layout.send_rows);
+  const Tensor returned = return_to_origin(d_expert_tokens, layout, n_sel);
   // Summed in expert-sorted order, as LocalDispatcher does.
   dx = Tensor::zeros({plan.n_tokens, dim}, DType::kF32, device);
   scatter_add_rows(returned, plan.sorted_token, Tensor(), dx);

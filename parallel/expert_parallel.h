@@ -115,6 +115,10 @@ class ExpertParallelDispatcher final : public model::TokenDispatcher {
   // same `call` with the same row width `dim`.
   Layout exchange_layout(const model::DispatchPlan& plan, Call call, int64_t dim, Device device);
   // all_to_all_v_sync with the metrics (time, calls, bytes to other ranks).
+  // Expert-grouped rows (n, dim) of this rank back to the ranks and selection slots they came
+  // from: (T * K, dim) in this rank's expert-sorted selection order. Shared by combine and
+  // dispatch_backward, which move rows the same way.
+  Tensor return_to_origin(const Tensor& grouped, const Layout& layout, int64_t n_selections);
   void timed_all_to_all(const Tensor& input, absl::Span<const int64_t> send_rows, Tensor& output,
                         absl::Span<const int64_t> recv_rows);
 

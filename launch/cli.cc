@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "kernels/check.h"
+#include "launch/convert_command.h"
+#include "launch/schedule_command.h"
 #include "launch/train_command.h"
 #include "model/config.h"
 #include "model/param_count.h"
@@ -59,6 +61,13 @@ const std::vector<Subcommand>& subcommands() {
   static const std::vector<Subcommand> kSubcommands = {
       {"train", "train a DeepSeek-V3 model from a run YAML (metrics, checkpoints, --resume)",
        train_main},
+      {"schedule",
+       "simulate a pipeline schedule (1f1b, zb1p, dualpipe, dualpipev): timeline, bubble, "
+       "activations",
+       schedule_main},
+      {"convert",
+       "convert checkpoints: Hugging Face safetensors (DeepSeek-V3, Llama, Qwen2) <-> fathom HDF5",
+       convert_main},
       {"info", "parameter counts and memory per parameter of a model or run YAML", run_info},
       {"version", "print library versions and whether a GPU is visible", run_version},
   };

@@ -38,18 +38,34 @@ struct DeepSeekV3::Pass {
   std::vector<Mtp> mtp;
 };
 
+LayerRange stage_layers(int64_t n_layers, int stage, int stages) {
+  FATHOM_CHECK(stages >= 1 && stage >= 0 && stage < stages && stages <= n_layers)
+      << "stage_layers: stage " << stage << " of " << stages << " for " << n_layers
+      << " blocks (need 1 <= stages <= n_layers)";
+  const auto begin = [&](int64_t s) { return (s * n_layers + stages - 1) / stages; };
+  return {begin(stage), begin(stage + 1)};
+}
+
+DeepSeekV3::StagePass::StagePass() : pass_(std::make_unique<Pass>()) {}
+DeepSeekV3::StagePass::~StagePass() = default;
+DeepSeekV3::StagePass::StagePass(StagePass&&) noexcept = default;
+DeepSeekV3::StagePass& DeepSeekV3::StagePass::operator=(StagePass&&) noexcept = default;
+
 DeepSeekV3::DeepSeekV3(const ModelConfig& config, TrainingPrecision precision, Device device,
                        const ModelOptions& options)
     : config_(config),
       precision_(precision),
       device_(device),
-      rope_(make_rope_table(rope_config(config), config.max_seq_len, device)),
-      embed_("embed.weight", config.vocab_size, config.dim, device),
-      norm_("norm.weight", config.dim, static_cast<float>(config.norm_eps), device),
-      head_(config.vocab_size, config.dim, device) {
+      stage_(options.stage),
+      stages_(options.stages),
+      rope_(make_rope_table(rope_config(config), config.max_seq_len, device)) {
   FATHOM_CHECK(validate(config).ok()) << "DeepSeekV3: invalid config: " << validate(config);
+  const LayerRange range = stage_layers(config.n_layers, stage_, stages_);
   const float eps = static_cast<float>(config.norm_eps);
-  for (int64_t i = 0; i < config.n_layers; ++i) {
+  if (first_stage() || (last_stage() && config.mtp_depth > 0)) {
+    embed_ = std::make_unique<Embedding>("embed.weight", config.vocab_size, config.dim, device);
+  }
+  for (int64_t i = range.begin; i < range.end; ++i) {
     BlockOptions block;
     block.moe = config.is_moe_layer(i);
     block.recompute = options.recompute;
@@ -57,6 +73,9 @@ DeepSeekV3::DeepSeekV3(const ModelConfig& config, TrainingPrecision precision, D
     layers_.push_back(std::make_unique<Block>("layers." + std::to_string(i), config, precision,
                                               device, block));
   }
+  if (!last_stage()) return;
+  norm_ = std::make_unique<RmsNorm>("norm.weight", config.dim, eps, device);
+  head_ = std::make_unique<OutputHead>(config.vocab_size, config.dim, device);
   for (int64_t k = 0; k < config.mtp_depth; ++k) {
     const std::string prefix = "mtp." + std::to_string(k);
     BlockOptions block;
@@ -73,10 +92,15 @@ DeepSeekV3::DeepSeekV3(const ModelConfig& config, TrainingPrecision precision, D
   }
 }
 
+void DeepSeekV3::check_whole(const char* what) const {
+  FATHOM_CHECK(stages_ == 1) << "DeepSeekV3::" << what << " needs the whole model; this object "
+                             << "holds pipeline stage " << stage_ << " of " << stages_;
+}
+
 void DeepSeekV3::init(uint64_t seed) {
   const double std = config_.init_std;
-  init_normal(embed_.weight, seed, std);
-  init_normal(head_.weight, seed, std);
+  if (embed_) init_normal(embed_->weight, seed, std);
+  if (head_) init_normal(head_->weight, seed, std);
   for (auto& layer : layers_) layer->init(seed, std);
   for (auto& m : mtp_) {
     init_normal(m->eh_proj.weight, seed, std);
@@ -86,10 +110,10 @@ void DeepSeekV3::init(uint64_t seed) {
 
 ParameterList DeepSeekV3::parameters() {
   ParameterList out;
-  embed_.append_parameters(out);
+  if (embed_) embed_->append_parameters(out);
   for (auto& layer : layers_) layer->append_parameters(out);
-  norm_.append_parameters(out);
-  head_.append_parameters(out);
+  if (norm_) norm_->append_parameters(out);
+  if (head_) head_->append_parameters(out);
   for (auto& m : mtp_) {
     m->enorm.append_parameters(out);
     m->hnorm.append_parameters(out);
@@ -118,7 +142,8 @@ std::vector<Moe*> DeepSeekV3::moe_layers() {
   return out;
 }
 
-Losses DeepSeekV3::forward(const Tensor& tokens, bool training, Pass& pass) {
+Losses DeepSeekV3::forward(const Tensor& tokens, const Tensor& input, bool training, Pass& pass,
+                           Tensor* output) {
   const int64_t depth = config_.mtp_depth;
   FATHOM_CHECK(tokens.ndim() == 2 && tokens.dtype() == DType::kI32)
       << "DeepSeekV3: tokens must be (B, S + mtp_depth + 1) i32, got " << tokens.str();
@@ -169,6 +194,11 @@ Losses DeepSeekV3::forward(const Tensor& tokens, bool training, Pass& pass) {
   if (!training) {
     for (Moe* moe : moe_layers()) load_before.push_back(moe->expert_load());
   }
+  const auto restore_load = [&] {
+    if (training) return;
+    std::vector<Moe*> moes = moe_layers();
+    for (size_t i = 0; i < moes.size(); ++i) moes[i]->set_expert_load(load_before[i]);
+  };
 
   Losses losses;
   const auto mean_loss = [](const Tensor& per_token, int64_t scored) {
@@ -178,8 +208,14 @@ Losses DeepSeekV3::forward(const Tensor& tokens, bool training, Pass& pass) {
     return scored > 0 ? sum / static_cast<double>(scored) : 0.0;
   };
 
-  Tensor h = Tensor::empty({t, config_.dim}, DType::kF32, device_);
-  embed_.forward(pass.depths[0].ids, h);
+  Tensor h;
+  if (first_stage()) {
+    h = Tensor::empty({t, config_.dim}, DType::kF32, device_);
+    embed_->forward(pass.depths[0].ids, h);
+  } else {
+    check_shape("DeepSeekV3::forward_stage", "input", input, {t, config_.dim});
+    h = input;
+  }
   pass.blocks.resize(layers_.size());
   for (size_t i = 0; i < layers_.size(); ++i) {
     Tensor out = empty_like(h);
@@ -187,10 +223,16 @@ Losses DeepSeekV3::forward(const Tensor& tokens, bool training, Pass& pass) {
     losses.balance += layers_[i]->balance_loss(pass.blocks[i]);
     h = out;
   }
+  if (!last_stage()) {
+    *output = h;
+    losses.total = losses.balance;
+    restore_load();
+    return losses;
+  }
   pass.h_last = h;
   Tensor normed = empty_like(h);
-  norm_.forward(h, normed, pass.norm);
-  losses.lm = mean_loss(head_.forward(normed, pass.depths[0].targets, pass.head),
+  norm_->forward(h, normed, pass.norm);
+  losses.lm = mean_loss(head_->forward(normed, pass.depths[0].targets, pass.head),
                         pass.depths[0].scored);
   losses.tokens = pass.depths[0].scored;
 
@@ -200,7 +242,7 @@ Losses DeepSeekV3::forward(const Tensor& tokens, bool training, Pass& pass) {
     MtpModule& m = *mtp_[k];
     Pass::Mtp& saved = pass.mtp[k];
     Tensor e = empty_like(h);
-    embed_.forward(pass.depths[k + 1].ids, e);
+    embed_->forward(pass.depths[k + 1].ids, e);
     Tensor e_normed = empty_like(h);
     m.enorm.forward(e, e_normed, saved.enorm);
     Tensor h_normed = empty_like(h);
@@ -215,23 +257,53 @@ Losses DeepSeekV3::forward(const Tensor& tokens, bool training, Pass& pass) {
     losses.balance += m.block.balance_loss(saved.block);
     Tensor out_normed = empty_like(h);
     m.norm.forward(out, out_normed, saved.norm);
-    losses.mtp += mean_loss(head_.forward(out_normed, pass.depths[k + 1].targets, saved.head),
+    losses.mtp += mean_loss(head_->forward(out_normed, pass.depths[k + 1].targets, saved.head),
                             pass.depths[k + 1].scored);
     prev = out;
   }
   if (depth > 0) losses.mtp /= static_cast<double>(depth);
   losses.total = losses.lm + config_.mtp_lambda * losses.mtp + losses.balance;
-
-  if (!training) {
-    std::vector<Moe*> moes = moe_layers();
-    for (size_t i = 0; i < moes.size(); ++i) moes[i]->set_expert_load(load_before[i]);
-  }
+  restore_load();
   return losses;
 }
 
-void DeepSeekV3::backward(double loss_scale, Pass& pass, WeightGradStore* store) {
+void DeepSeekV3::backward(double loss_scale, const Tensor& grad_output, Pass& pass,
+                          WeightGradStore* store, Tensor* grad_input) {
   // With deferred weight gradients nothing is final until the store runs.
   const bool report = gradients_ready_ != nullptr && store == nullptr;
+  const int64_t t = pass.layout.batch * pass.layout.seq_len;
+  const int64_t dim = config_.dim;
+  Tensor dh;
+  if (last_stage()) {
+    dh = backward_head(loss_scale, pass, store, report);
+  } else {
+    check_shape("DeepSeekV3::backward_stage", "grad_output", grad_output, {t, dim});
+    dh = grad_output;
+  }
+  for (int64_t i = static_cast<int64_t>(layers_.size()) - 1; i >= 0; --i) {
+    Tensor dx = Tensor::empty({t, dim}, DType::kF32, device_);
+    layers_[i]->backward(dh, loss_scale, pass.blocks[i], dx, store);
+    dh = dx;
+    if (report) {
+      ParameterList ready;
+      layers_[i]->append_parameters(ready);
+      gradients_ready_(ready);
+    }
+  }
+  if (!first_stage()) {
+    *grad_input = dh;
+    return;
+  }
+  embed_->backward_weight_or_defer(pass.depths[0].ids, dh, store);
+  if (report) {
+    ParameterList ready;
+    embed_->append_parameters(ready);
+    gradients_ready_(ready);
+  }
+}
+
+Tensor DeepSeekV3::backward_head(double loss_scale, Pass& pass, WeightGradStore* store,
+                                 bool report) {
   const int64_t depth = config_.mtp_depth;
   const int64_t t = pass.layout.batch * pass.layout.seq_len;
   const int64_t dim = config_.dim;
@@ -240,7 +312,6 @@ void DeepSeekV3::backward(double loss_scale, Pass& pass, WeightGradStore* store)
     fill(d, scored > 0 ? static_cast<float>(weight / static_cast<double>(scored)) : 0.0f);
     return d;
   };
-
   // MTP modules, deepest first: each passes a gradient back to the hidden state it read.
   Tensor dprev;  // d loss / d (block output of module k), from module k + 1's hnorm
   for (int64_t k = depth - 1; k >= 0; --k) {
@@ -248,7 +319,7 @@ void DeepSeekV3::backward(double loss_scale, Pass& pass, WeightGradStore* store)
     Pass::Mtp& saved = pass.mtp[k];
     const double weight = loss_scale * config_.mtp_lambda / static_cast<double>(depth);
     Tensor dout_normed = Tensor::empty({t, dim}, DType::kF32, device_);
-    head_.backward(dloss_of(weight, pass.depths[k + 1].scored), saved.head, dout_normed);
+    head_->backward(dloss_of(weight, pass.depths[k + 1].scored), saved.head, dout_normed);
     Tensor dout = Tensor::empty({t, dim}, DType::kF32, device_);
     m.norm.backward(dout_normed, saved.norm, dout);
     if (dprev.defined()) axpy(1.0f, dprev, dout);
@@ -263,7 +334,7 @@ void DeepSeekV3::backward(double loss_scale, Pass& pass, WeightGradStore* store)
     copy_columns(dproj_in, dim, dh_normed, 0, dim);
     Tensor de = Tensor::empty({t, dim}, DType::kF32, device_);
     m.enorm.backward(de_normed, saved.enorm, de);
-    embed_.backward_weight_or_defer(pass.depths[k + 1].ids, de, store);
+    embed_->backward_weight_or_defer(pass.depths[k + 1].ids, de, store);
     dprev = Tensor::empty({t, dim}, DType::kF32, device_);
     m.hnorm.backward(dh_normed, saved.hnorm, dprev);
     if (report) {
@@ -278,52 +349,62 @@ void DeepSeekV3::backward(double loss_scale, Pass& pass, WeightGradStore* store)
   }
 
   Tensor dnormed = Tensor::empty({t, dim}, DType::kF32, device_);
-  head_.backward(dloss_of(loss_scale, pass.depths[0].scored), pass.head, dnormed);
+  head_->backward(dloss_of(loss_scale, pass.depths[0].scored), pass.head, dnormed);
   Tensor dh = Tensor::empty({t, dim}, DType::kF32, device_);
-  norm_.backward(dnormed, pass.norm, dh);
+  norm_->backward(dnormed, pass.norm, dh);
   if (dprev.defined()) axpy(1.0f, dprev, dh);
   if (report) {
     ParameterList ready;
-    head_.append_parameters(ready);
-    norm_.append_parameters(ready);
+    head_->append_parameters(ready);
+    norm_->append_parameters(ready);
     gradients_ready_(ready);
   }
-  for (int64_t i = static_cast<int64_t>(layers_.size()) - 1; i >= 0; --i) {
-    Tensor dx = Tensor::empty({t, dim}, DType::kF32, device_);
-    layers_[i]->backward(dh, loss_scale, pass.blocks[i], dx, store);
-    dh = dx;
-    if (report) {
-      ParameterList ready;
-      layers_[i]->append_parameters(ready);
-      gradients_ready_(ready);
-    }
-  }
-  embed_.backward_weight_or_defer(pass.depths[0].ids, dh, store);
-  if (report) {
-    ParameterList ready;
-    embed_.append_parameters(ready);
-    gradients_ready_(ready);
-  }
+  return dh;
 }
 
 Losses DeepSeekV3::forward_backward(const Tensor& tokens, double loss_scale,
                                     WeightGradStore* store) {
+  check_whole("forward_backward");
   Pass pass;
-  const Losses losses = forward(tokens, /*training=*/true, pass);
-  backward(loss_scale, pass, store);
+  const Losses losses = forward(tokens, Tensor(), /*training=*/true, pass, nullptr);
+  backward(loss_scale, Tensor(), pass, store, nullptr);
   return losses;
 }
 
 Losses DeepSeekV3::evaluate(const Tensor& tokens) {
+  check_whole("evaluate");
   Pass pass;
-  return forward(tokens, /*training=*/false, pass);
+  return forward(tokens, Tensor(), /*training=*/false, pass, nullptr);
 }
 
 Tensor DeepSeekV3::logits(const Tensor& tokens, Losses* losses) {
+  check_whole("logits");
   Pass pass;
-  const Losses result = forward(tokens, /*training=*/false, pass);
+  const Losses result = forward(tokens, Tensor(), /*training=*/false, pass, nullptr);
   if (losses != nullptr) *losses = result;
-  return head_.logits(pass.head.h);
+  return head_->logits(pass.head.h);
+}
+
+Tensor DeepSeekV3::forward_stage(const Tensor& tokens, const Tensor& input, StagePass& pass,
+                                 Losses* losses, bool training) {
+  Tensor output;
+  const Losses l = forward(tokens, input, training, *pass.pass_, &output);
+  if (losses != nullptr) *losses = l;
+  return output;
+}
+
+Tensor DeepSeekV3::stage_logits(const StagePass& pass) {
+  FATHOM_CHECK(last_stage()) << "DeepSeekV3::stage_logits: stage " << stage_ << " of " << stages_
+                             << " has no head";
+  return head_->logits(pass.pass_->head.h);
+}
+
+Tensor DeepSeekV3::backward_stage(double loss_scale, const Tensor& grad_output, StagePass& pass,
+                                  WeightGradStore* store) {
+  Tensor grad_input;
+  backward(loss_scale, grad_output, *pass.pass_, store, &grad_input);
+  pass.pass_ = std::make_unique<Pass>();  // the activations are no longer needed
+  return grad_input;
 }
 
 }  // namespace fathom::model

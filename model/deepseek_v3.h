@@ -16,6 +16,13 @@
 // MTP module k: x = eh_proj([enorm(Emb(tokens shifted by k)) ; hnorm(h_{k-1})]), one Block, then
 // its own norm and the shared head; h_0 is the main model's last block output (before the final
 // norm), h_k the block output of module k. Gradients of the MTP losses flow into the main model.
+//
+// Pipeline stages (DESIGN.md decision 2): with ModelOptions{stage, stages}, an object holds one
+// contiguous slice of the model, stage_layers() of the blocks. The first stage also holds the
+// embedding; the last stage the final norm, the head and the MTP modules, and (with MTP) its own
+// copy of the embedding, which the MTP modules read: a copy of a parameter has the same global
+// name, and the pipeline sums the copies' gradients. forward_stage / backward_stage run one
+// micro-batch through the slice; the whole model (stages = 1) is the special case with both ends.
 #pragma once
 
 #include <cstdint>
@@ -39,7 +46,18 @@ namespace fathom::model {
 struct ModelOptions {
   bool recompute = false;                 // see BlockOptions
   TokenDispatcher* dispatcher = nullptr;  // shared by every MoE block; nullptr: local
+  int stage = 0;                          // the pipeline stage this object holds,
+  int stages = 1;                         // of this many; 1 <= stages <= n_layers
 };
+
+// The blocks of pipeline stage `stage` of `stages`: [begin, end), the n_layers blocks split as
+// evenly as possible. When it is uneven the first stages take the extra blocks: the last stage
+// also runs the head and the MTP modules.
+struct LayerRange {
+  int64_t begin = 0;
+  int64_t end = 0;
+};
+LayerRange stage_layers(int64_t n_layers, int stage, int stages);
 
 struct Losses {
   double total = 0;
@@ -50,6 +68,9 @@ struct Losses {
 };
 
 class DeepSeekV3 {
+ private:
+  struct Pass;  // one micro-batch's activations
+
  public:
   DeepSeekV3(const ModelConfig& config, TrainingPrecision precision, Device device,
              const ModelOptions& options = {});
@@ -67,6 +88,39 @@ class DeepSeekV3 {
                           WeightGradStore* store = nullptr);
   // Forward only (evaluation): the same losses, no gradients, no expert-load accounting.
   Losses evaluate(const Tensor& tokens);
+
+  // One micro-batch's saved activations, between forward_stage and backward_stage.
+  class StagePass {
+   public:
+    StagePass();
+    ~StagePass();
+    StagePass(StagePass&&) noexcept;
+    StagePass& operator=(StagePass&&) noexcept;
+
+   private:
+    friend class DeepSeekV3;
+    std::unique_ptr<Pass> pass_;
+  };
+  // Forward of this stage for one micro-batch. tokens: as above (every stage reads its positions,
+  // the first its ids, the last its targets). input: (B*S, dim) f32, the previous stage's output
+  // (ignored by the first stage). Returns (B*S, dim) f32 for the next stage, or, on the last
+  // stage, an undefined tensor. `losses` gets this stage's share: the balance losses of its MoE
+  // blocks, plus lm, mtp, tokens and total on the last stage (the stages' losses sum to the whole
+  // model's). training: count expert load (false: evaluation, no backward follows).
+  Tensor forward_stage(const Tensor& tokens, const Tensor& input, StagePass& pass,
+                       Losses* losses, bool training = true);
+  // Last stage: the main head's logits (B*S, vocab) f32 of the forward `pass` holds.
+  Tensor stage_logits(const StagePass& pass);
+  // Backward of the micro-batch `pass` holds: parameter gradients += loss_scale * d total / d
+  // parameter, GEMM weight gradients through `store` when given. grad_output: what the next
+  // stage's backward_stage returned (already scaled; ignored by the last stage).
+  // Returns d(loss_scale * total) / d input, or an undefined tensor on the first stage.
+  Tensor backward_stage(double loss_scale, const Tensor& grad_output, StagePass& pass,
+                        WeightGradStore* store = nullptr);
+  int stage() const { return stage_; }
+  int stages() const { return stages_; }
+  bool first_stage() const { return stage_ == 0; }
+  bool last_stage() const { return stage_ + 1 == stages_; }
   // Main-head logits (B*S, vocab) f32 for tokens (B, S + mtp_depth + 1) (tests, evaluation), and
   // the losses of that forward when `losses` is given.
   Tensor logits(const Tensor& tokens, Losses* losses = nullptr);
@@ -101,19 +155,27 @@ class DeepSeekV3 {
     Block block;
     RmsNorm norm;
   };
-  struct Pass;  // one micro-batch's activations
-
-  Losses forward(const Tensor& tokens, bool training, Pass& pass);
-  void backward(double loss_scale, Pass& pass, WeightGradStore* store);
+  // input / output: see forward_stage (output is left alone on the last stage).
+  Losses forward(const Tensor& tokens, const Tensor& input, bool training, Pass& pass,
+                 Tensor* output);
+  // grad_output / grad_input: see backward_stage (grad_input is left alone on the first stage).
+  void backward(double loss_scale, const Tensor& grad_output, Pass& pass, WeightGradStore* store,
+                Tensor* grad_input);
+  // The last stage's backward of the MTP modules, the head and the final norm: returns d total
+  // / d (last block output).
+  Tensor backward_head(double loss_scale, Pass& pass, WeightGradStore* store, bool report);
+  void check_whole(const char* what) const;
 
   ModelConfig config_;
   TrainingPrecision precision_;
   Device device_;
+  int stage_;
+  int stages_;
   RopeTable rope_;
-  Embedding embed_;
-  std::vector<std::unique_ptr<Block>> layers_;
-  RmsNorm norm_;
-  OutputHead head_;
+  std::unique_ptr<Embedding> embed_;  // first stage, and the last with MTP
+  std::vector<std::unique_ptr<Block>> layers_;  // blocks stage_layers(): layers_[i] is block begin + i
+  std::unique_ptr<RmsNorm> norm_;     // last stage
+  std::unique_ptr<OutputHead> head_;  // last stage
   std::vector<std::unique_ptr<MtpModule>> mtp_;
   std::function<void(const ParameterList&)> gradients_ready_;
 };

@@ -68,11 +68,14 @@ std::vector<model::ConfigIssue> find_parallel_issues(const ParallelConfig& confi
                               " (every EP rank holds the same number of "
                               "experts)")});
     }
-    if (pp_ok && config.pp > model->n_layers) {
-      issues.push_back({"pp", absl::StrCat(config.pp, " pipeline stages, but the model has only ",
-                                           model->n_layers,
-                                           " layers (model.n_layers); every "
-                                           "stage needs at least one")});
+    // DualPipeV cuts the model into 2 * pp stages.
+    const int64_t stages =
+        config.pp * (config.schedule == pipeline::ScheduleKind::kDualPipeV ? 2 : 1);
+    if (pp_ok && stages > model->n_layers) {
+      issues.push_back({"pp", absl::StrCat(config.pp, " pipeline ranks make ", stages,
+                                           " stages, but the model has only ", model->n_layers,
+                                           " layers (model.n_layers); every stage needs at "
+                                           "least one")});
     }
   }
   return issues;
@@ -99,6 +102,11 @@ void read_parallel_config(const YAML::Node& node, const std::string& path,
   reader.read("dp", &config.dp);
   reader.read("ep", &config.ep);
   reader.read("fp8_dispatch", &config.fp8_dispatch);
+  std::string schedule(pipeline::schedule_kind_name(config.schedule));
+  static const std::vector<std::string> kSchedules = {"1f1b", "zb1p", "dualpipe", "dualpipev"};
+  reader.read_choice("schedule", kSchedules, &schedule);
+  if (const auto kind = pipeline::parse_schedule_kind(schedule); kind.ok()) config.schedule = *kind;
+  reader.read("fb_overlap", &config.fb_overlap);
   reader.finish();
   if (errors->issues().size() != errors_before) return;
   for (model::ConfigIssue& issue : find_parallel_issues(config, 0, model)) {

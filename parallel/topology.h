@@ -6,6 +6,8 @@
 //     pp: 2   # pipeline stages
 //     dp: 4   # data-parallel replicas of each stage
 //     ep: 2   # expert-parallel ranks; the EP groups lie inside the DP dimension
+//     schedule: dualpipe   # pipeline schedule with pp > 1: 1f1b | zb1p | dualpipe | dualpipev
+//     fb_overlap: true     # run overlapped forward+backward pairs concurrently
 //
 // world = PP x DP. Inside each DP group of DP ranks, consecutive blocks of EP ranks form the
 // expert-parallel groups (they split the routed experts between them), and the ranks that hold the
@@ -43,6 +45,7 @@
 #include "model/config.h"
 #include "model/yaml_util.h"
 #include "parallel/communicator.h"
+#include "parallel/pipeline/schedule.h"
 #include "yaml-cpp/yaml.h"
 
 namespace fathom::parallel {
@@ -54,6 +57,11 @@ struct ParallelConfig {
   // Send MoE dispatch activations as E4M3 with 1x128 scales (combine stays full precision), as
   // V3 does; only with ep > 1.
   bool fp8_dispatch = false;
+  // Pipeline schedule (parallel/pipeline/schedule.h), used when pp > 1; its conditions on pp and
+  // the micro-batches per step are checked where both are known (the run config).
+  pipeline::ScheduleKind schedule = pipeline::ScheduleKind::k1F1B;
+  // kForwardBackward halves run concurrently, so one's all-to-all hides behind the other's compute.
+  bool fb_overlap = true;
 
   int64_t world_size() const { return pp * dp; }
   int64_t edp() const { return dp / ep; }  // expert-data-parallel ranks (valid configs only)

@@ -23,7 +23,7 @@ done
 
 packages=(build-essential cmake ninja-build ccache pkg-config
           libopenmpi-dev openmpi-bin libhdf5-dev libabsl-dev libyaml-cpp-dev
-          libopenblas-openmp-dev libgtest-dev libgmock-dev
+          libopenblas-openmp-dev libgtest-dev libgmock-dev libpng-dev nlohmann-json3-dev
           # The golden tests' independent PyTorch reference (tests/reference/; run by
           # /usr/bin/python3) and bench_train's PyTorch comparison.
           python3-torch python3-numpy)

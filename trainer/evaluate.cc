@@ -40,10 +40,16 @@ absl::StatusOr<EvalSet> make_eval_set(const data::LoaderOptions& options, int64_
 }
 
 EvalResult evaluate(model::DeepSeekV3& model, const EvalSet& set, int64_t batch) {
+  return evaluate(
+      [&model](const Tensor& tokens, model::Losses* losses) { return model.logits(tokens, losses); },
+      model.config().mtp_depth, model.config().vocab_size, set, batch);
+}
+
+EvalResult evaluate(const LogitsFn& logits_of, int64_t mtp_depth, int64_t vocab,
+                    const EvalSet& set, int64_t batch) {
   const int64_t n = set.tokens.dim(0);
   const int64_t width = set.tokens.dim(1);
-  const int64_t seq = width - model.config().mtp_depth - 1;
-  const int64_t vocab = model.config().vocab_size;
+  const int64_t seq = width - mtp_depth - 1;
   const std::vector<int32_t> tokens = set.tokens.to_vector<int32_t>();
   const std::vector<int32_t> mask = set.answer_mask.to_vector<int32_t>();
   EvalResult result;
@@ -53,7 +59,7 @@ EvalResult evaluate(model::DeepSeekV3& model, const EvalSet& set, int64_t batch)
     const int64_t b = std::min(batch, n - start);
     const Tensor chunk = set.tokens.narrow(start, b);
     model::Losses losses;
-    const std::vector<float> logits = model.logits(chunk, &losses).to_floats();
+    const std::vector<float> logits = logits_of(chunk, &losses).to_floats();
     loss_sum += losses.lm * static_cast<double>(losses.tokens);
     scored += losses.tokens;
     for (int64_t r = 0; r < b; ++r) {

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "absl/status/statusor.h"
 #include "data/loader.h"
@@ -37,5 +38,11 @@ struct EvalResult {
 
 // Runs the model forward over the set in batches of `batch` sequences (no gradients).
 EvalResult evaluate(model::DeepSeekV3& model, const EvalSet& set, int64_t batch);
+
+// The same over any forward: logits(tokens (b, S + mtp_depth + 1), &losses) returns the main
+// head's logits (b*S, vocab) f32 and that batch's losses (a pipeline runs its stages for it).
+using LogitsFn = std::function<Tensor(const Tensor& tokens, model::Losses* losses)>;
+EvalResult evaluate(const LogitsFn& logits, int64_t mtp_depth, int64_t vocab_size,
+                    const EvalSet& set, int64_t batch);
 
 }  // namespace fathom::trainer

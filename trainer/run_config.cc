@@ -12,6 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "kernels/check.h"
 #include "model/yaml_util.h"
+#include "parallel/pipeline/schedule.h"
 
 namespace fathom::trainer {
 namespace {
@@ -335,6 +336,16 @@ absl::StatusOr<RunConfig> parse_impl(const YAML::Node& root, std::string_view so
   non_negative(train, "train", "eval_samples", t.eval_samples);
   non_negative(train, "train", "checkpoint_every", t.checkpoint_every);
   non_negative(train, "train", "threads", t.threads);
+  // With pipeline parallelism the micro-batches of a step are the schedule's N.
+  if (c.parallel.pp > 1 && t.grad_accum > 0) {
+    const absl::StatusOr<parallel::pipeline::Schedule> pipeline = parallel::pipeline::make_schedule(
+        c.parallel.schedule, static_cast<int>(c.parallel.pp), static_cast<int>(t.grad_accum));
+    if (!pipeline.ok()) {
+      fail(train, "train", "grad_accum",
+           absl::StrCat("micro-batches per step for the pipeline schedule: ",
+                        pipeline.status().message()));
+    }
+  }
 
   const OptimizerConfig& o = c.optimizer;
   const std::string op = "optimizer";
@@ -562,7 +573,9 @@ std::string run_config_to_yaml(const RunConfig& c) {
                   "  switch_step: ", c.mtp.switch_step, "\n");
   absl::StrAppend(&out, "parallel:\n", "  pp: ", c.parallel.pp, "\n", "  dp: ", c.parallel.dp,
                   "\n", "  ep: ", c.parallel.ep, "\n",
-                  "  fp8_dispatch: ", c.parallel.fp8_dispatch ? "true" : "false", "\n");
+                  "  fp8_dispatch: ", c.parallel.fp8_dispatch ? "true" : "false", "\n",
+                  "  schedule: ", std::string(parallel::pipeline::schedule_kind_name(c.parallel.schedule)),
+                  "\n", "  fb_overlap: ", c.parallel.fb_overlap ? "true" : "false", "\n");
   const DataConfig& d = c.data;
   absl::StrAppend(&out, "data:\n", "  task: ", d.task, "\n");
   if (d.task == "mix") {

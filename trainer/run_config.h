@@ -104,8 +104,9 @@ struct RunConfig {
   // switch_step = train.steps (no switch).
   MtpSchedule mtp;
   DataConfig data;
-  // Section parallel: {pp, dp, ep} (parallel/topology.h); checked against the world size when the
-  // job starts.
+  // Section parallel: {pp, dp, ep, fp8_dispatch, schedule, fb_overlap} (parallel/topology.h);
+  // checked against the world size when the job starts. With pp > 1, train.grad_accum is the
+  // number of micro-batches the pipeline schedule runs per step.
   parallel::ParallelConfig parallel;
 
   bool operator==(const RunConfig&) const = default;

@@ -10,10 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/threads.h"
-#include "model/deepseek_v3.h"
-#include "model/moe.h"
 #include "model/param_count.h"
-#include "parallel/expert_parallel.h"
 #include "parallel/local_communicator.h"
 #include "parallel/topology.h"
 #include "trainer/checkpoint.h"
@@ -21,6 +18,7 @@
 #include "trainer/lr_schedule.h"
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
+#include "trainer/train_model.h"
 #include "trainer/zero_optimizer.h"
 
 namespace fathom::trainer {
@@ -52,22 +50,25 @@ struct CheckpointState {
   std::vector<TensorShard> read;
 };
 
-CheckpointState checkpoint_state(model::DeepSeekV3& model, ZeroAdamW& optimizer, int world_rank,
+CheckpointState checkpoint_state(TrainModel& model, ZeroAdamW& optimizer, int dp_rank,
                                  int edp_rank) {
   CheckpointState state;
-  for (model::Parameter* p : model.parameters()) {
+  for (model::Parameter* p : model.all_copies()) {
     TensorShard shard{p->name, p->value, p->global(), p->row_offset};
-    const bool owner = p->is_expert ? edp_rank == 0 : world_rank == 0;
-    if (owner) state.write.push_back(shard);
     state.read.push_back(shard);
+  }
+  for (model::Parameter* p : model.parameters()) {
+    const bool owner = model.stores(p->name) && (p->is_expert ? edp_rank == 0 : dp_rank == 0);
+    if (owner) state.write.push_back({p->name, p->value, p->global(), p->row_offset});
   }
   for (model::Buffer* b : model.buffers()) {
     TensorShard shard{b->name, b->value};
-    if (world_rank == 0) state.write.push_back(shard);
+    if (dp_rank == 0 && model.stores(b->name)) state.write.push_back(shard);
     state.read.push_back(shard);
   }
   for (const TensorShard& m : optimizer.moment_shards()) {
-    state.write.push_back(m);
+    // "optim.m.<parameter>": stored by the pipeline rank that stores the parameter.
+    if (model.stores(m.name.substr(std::string("optim.m.").size()))) state.write.push_back(m);
     state.read.push_back(m);
   }
   return state;
@@ -133,22 +134,11 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
   parallel::LocalCommunicator alone;
   parallel::Communicator& world = options.world != nullptr ? *options.world : alone;
   FATHOM_RETURN_IF_ERROR(parallel::validate(config.parallel, world.size(), config.model));
-  if (config.parallel.pp > 1) {
-    return absl::UnimplementedError(
-        "parallel.pp > 1: pipeline parallelism is not available yet; use pp: 1");
-  }
   const parallel::RankGrid grid(config.parallel);
   parallel::ProcessGroups groups = parallel::make_groups(world, grid);
   const int world_rank = world.rank();
   const bool lead = world_rank == 0;
   FILE* log = lead ? options.log : nullptr;
-  std::unique_ptr<parallel::ExpertParallelDispatcher> dispatcher;
-  if (config.parallel.ep > 1) {
-    parallel::ExpertParallelOptions ep_options;
-    ep_options.fp8_dispatch = config.parallel.fp8_dispatch;
-    dispatcher = std::make_unique<parallel::ExpertParallelDispatcher>(
-        *groups.ep, config.model.n_routed_experts, ep_options);
-  }
 
   std::error_code ec;
   if (lead) fs::create_directories(options.run_dir, ec);
@@ -159,10 +149,7 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
   const std::string checkpoints_dir = options.run_dir + "/checkpoints";
   const std::string metrics_path = options.run_dir + "/metrics.jsonl";
 
-  model::ModelOptions model_options;
-  model_options.recompute = tc.recompute;
-  model_options.dispatcher = dispatcher.get();
-  model::DeepSeekV3 model(config.model, config.precision, options.device, model_options);
+  TrainModel model(config, options.device, groups);
   model.init(static_cast<uint64_t>(config.seed));
   AdamWOptions adam;
   adam.beta1 = config.optimizer.beta1;
@@ -172,6 +159,11 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
   adam.grad_clip = config.optimizer.grad_clip;
   adam.moments = config.optimizer.moments;
   ZeroAdamW optimizer(model.parameters(), adam, *groups.dp, *groups.edp);
+  if (model.pipeline_group() != nullptr) {
+    optimizer.set_pipeline_norm(model.pipeline_group(), [&model](const model::Parameter& p) {
+      return model.norm_weight(p);
+    });
+  }
   const int dp_size = groups.dp->size();
   FATHOM_ASSIGN_OR_RETURN(
       data::TokenLoader loader,
@@ -180,6 +172,7 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
 
   TrainResult result;
   const int edp_rank = groups.edp->rank();
+  const int dp_rank = groups.dp->rank();
   if (options.resume) {
     absl::StatusOr<std::string> latest = latest_checkpoint(checkpoints_dir);
     if (!latest.ok()) {
@@ -187,7 +180,7 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
           "--resume: no checkpoint to resume from in ", checkpoints_dir, " (",
           latest.status().message(), ")"));
     }
-    CheckpointState state = checkpoint_state(model, optimizer, world_rank, edp_rank);
+    CheckpointState state = checkpoint_state(model, optimizer, dp_rank, edp_rank);
     CheckpointMeta meta;
     FATHOM_RETURN_IF_ERROR(read_checkpoint(*latest, absl::MakeSpan(state.read), &meta));
     FATHOM_ASSIGN_OR_RETURN(RunConfig saved, [&]() -> absl::StatusOr<RunConfig> {
@@ -207,7 +200,7 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
     }
     loader.skip_to(static_cast<int64_t>(consumed[0]));
     optimizer.set_steps(static_cast<int64_t>(opt_steps[0]));
-    for (model::Parameter* p : model.parameters()) ++p->version;
+    for (model::Parameter* p : model.all_copies()) ++p->version;
     result.start_step = meta.step;
     if (lead) FATHOM_RETURN_IF_ERROR(truncate_metrics(metrics_path, meta.step));
     log_line(log, absl::StrCat("resumed from ", *latest, " at step ", meta.step));
@@ -243,11 +236,16 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
                         " activated per token), precision ",
                         std::string(model::precision_name(config.precision)), ", ",
                         options.device.str(), "; ", world.size(), " rank(s): pp ", grid.pp(),
-                        " x dp ", grid.dp(), ", ep ", grid.ep(), "; ", tokens_per_step,
+                        " x dp ", grid.dp(), ", ep ", grid.ep(),
+                        grid.pp() > 1 ? absl::StrCat(" (", std::string(
+                                            parallel::pipeline::schedule_kind_name(
+                                                config.parallel.schedule)), ")")
+                                      : std::string(),
+                        "; ", tokens_per_step,
                         " tokens per step; peak ", format_si(peak.flops_per_s), "FLOP/s per rank (",
                         peak.source, ")"));
   if (evaluating) {
-    result.first_eval = evaluate(model, eval_set, eval_batch);
+    result.first_eval = model.evaluate(eval_set, eval_batch);
     log_line(log,
              absl::StrCat("step ", result.start_step, ": held-out loss ",
                           format_number(result.first_eval.loss), ", answer exact match ",
@@ -264,7 +262,7 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
     meta.u64[kConsumedKey] = {static_cast<uint64_t>(step * samples_per_step)};
     meta.u64[kOptimizerStepsKey] = {static_cast<uint64_t>(optimizer.steps())};
     meta.text[kConfigKey] = run_config_to_yaml(config);
-    const CheckpointState state = checkpoint_state(model, optimizer, world_rank, edp_rank);
+    const CheckpointState state = checkpoint_state(model, optimizer, dp_rank, edp_rank);
     FATHOM_RETURN_IF_ERROR(
         write_checkpoint_shard(dir, world_rank, world.size(), state.write, meta));
     world.barrier();  // the checkpoint is complete when every shard is
@@ -273,38 +271,20 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
 
   std::optional<ProgressPrinter> progress;
   if (log != nullptr) progress.emplace(log, tc.log_every);
-  const std::vector<model::Moe*> moes = model.moe_layers();
-  std::vector<std::string> moe_names;  // "layers.1", "mtp.0.block": the prefix of each MoE layer
-  for (model::Moe* moe : moes) {
-    const std::string& gate = moe->gate.weight.name;  // "<prefix>.ffn.gate.weight"
-    moe_names.push_back(gate.substr(0, gate.rfind(".ffn.gate.weight")));
-  }
-  const double accum_scale = 1.0 / static_cast<double>(tc.grad_accum);
+  const std::vector<std::string>& moe_names = model.moe_layer_names();
   const auto run_start = Clock::now();
   double compute_seconds = 0;
+  std::vector<Tensor> micro_batches(tc.grad_accum);
   for (int64_t step = result.start_step; step < tc.steps; ++step) {
     const auto step_start = Clock::now();
     const double lr = learning_rate(config.optimizer.schedule, step);
     const double lambda = mtp_lambda(config.mtp, step);
     model.set_mtp_lambda(lambda);
     optimizer.zero_grad();
-    model::Losses sum;
-    for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
-      // The last micro-batch's backward finishes the gradients: reduce them as it goes.
-      if (micro + 1 == tc.grad_accum && dp_size > 1) {
-        model.set_gradients_ready_hook(
-            [&optimizer](const model::ParameterList& ready) { optimizer.gradients_ready(ready); });
-      } else {
-        model.set_gradients_ready_hook(nullptr);
-      }
-      const Tensor tokens = loader.next_batch(tc.micro_batch_size);
-      const model::Losses l = model.forward_backward(tokens, accum_scale);
-      sum.total += l.total * accum_scale;
-      sum.lm += l.lm * accum_scale;
-      sum.mtp += l.mtp * accum_scale;
-      sum.balance += l.balance * accum_scale;
-    }
+    for (Tensor& batch : micro_batches) batch = loader.next_batch(tc.micro_batch_size);
+    model::Losses sum = model.forward_backward(micro_batches, dp_size > 1 ? &optimizer : nullptr);
     const StepResult stepped = optimizer.step(lr);
+    model.after_step();
     // Losses: the mean over the DP ranks (each saw the same number of tokens).
     std::vector<double> parts = {sum.total, sum.lm, sum.mtp, sum.balance};
     sum_over(*groups.dp, parts);
@@ -315,23 +295,18 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
     sum.balance = parts[3];
     // Auxiliary-loss-free balancing from this step's load over the global batch, so every rank
     // applies the same update.
+    const std::vector<std::vector<double>> expert_load = model.expert_load();
     std::vector<double> load_max_mean;
-    std::vector<std::vector<double>> expert_load;
-    for (model::Moe* moe : moes) {
-      const std::vector<int64_t>& load = moe->expert_load();
-      std::vector<double> load_d(load.begin(), load.end());
-      sum_over(*groups.dp, load_d);
-      expert_load.push_back(load_d);
+    for (const std::vector<double>& load : expert_load) {
       double mean = 0, max = 0;
-      for (double v : load_d) {
+      for (double v : load) {
         mean += v;
         max = std::max(max, v);
       }
-      mean /= static_cast<double>(load_d.size());
+      mean /= static_cast<double>(load.size());
       load_max_mean.push_back(mean > 0 ? max / mean : 0.0);
-      moe->update_bias(load_d, config.model.bias_update_speed);
-      moe->reset_load();
     }
+    model.update_biases(expert_load, config.model.bias_update_speed);
     const double step_seconds = seconds_since(step_start);
     compute_seconds += step_seconds;
     result.loss.push_back(sum.total);
@@ -362,9 +337,20 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
       for (size_t i = 0; i < expert_load.size(); ++i) {
         record.add(absl::StrCat("expert_load.", moe_names[i]), absl::MakeConstSpan(expert_load[i]));
       }
-      if (dispatcher != nullptr) {
+      if (model.schedule() != nullptr) {
+        // Rank 0's pipeline step: its busy and waiting time, and how much of the overlapped
+        // forward+backward pairs ran concurrently.
+        const parallel::pipeline::ExecutorStats& ps = model.pipeline_stats();
+        record.add("pp_forward_ms", ps.forward.seconds * 1e3)
+            .add("pp_backward_ms", (ps.backward_full.seconds + ps.backward_input.seconds) * 1e3)
+            .add("pp_weight_ms", ps.weight.seconds * 1e3)
+            .add("pp_forward_backward_ms", ps.forward_backward.seconds * 1e3)
+            .add("pp_overlapped_ms", ps.overlapped_seconds() * 1e3)
+            .add("pp_receive_wait_ms", ps.receive_wait_seconds * 1e3);
+      }
+      if (model.expert_parallel()) {
         // This rank's expert-parallel traffic over the step (rank 0's, as every log line).
-        const parallel::ExpertParallelMetrics& ep = dispatcher->metrics();
+        const parallel::ExpertParallelMetrics ep = model.ep_metrics();
         record.add("ep_rows_sent", absl::MakeConstSpan(ep.rows_sent))
             .add("ep_rows_received", absl::MakeConstSpan(ep.rows_received))
             .add("ep_bytes_sent", ep.bytes_sent)
@@ -372,7 +358,7 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
       }
       if (stepped.skipped) record.add("skipped", true);
       if (eval_now) {
-        const EvalResult e = evaluate(model, eval_set, eval_batch);
+        const EvalResult e = model.evaluate(eval_set, eval_batch);
         record.add("eval_loss", e.loss)
             .add("eval_answer_accuracy", e.answer_accuracy)
             .add("eval_answer_token_accuracy", e.answer_token_accuracy);
@@ -381,7 +367,7 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
       }
       if (metrics) FATHOM_RETURN_IF_ERROR(metrics->write(record));
     }
-    if (dispatcher != nullptr) dispatcher->reset_metrics();
+    model.reset_ep_metrics();
     const double elapsed = seconds_since(run_start);
     const double done_tokens = static_cast<double>((done - result.start_step) * tokens_per_step);
     const double max_load = load_max_mean.empty()
@@ -390,7 +376,7 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
     std::vector<ProgressItem> items = {ProgressItem::number("loss", sum.total),
                                        ProgressItem::number("lr", lr),
                                        ProgressItem::rate(done_tokens / compute_seconds, "tok/s")};
-    if (!moes.empty()) items.push_back(ProgressItem::number("load max/mean", max_load));
+    if (!moe_names.empty()) items.push_back(ProgressItem::number("load max/mean", max_load));
     if (progress) {
       progress->update(done, tc.steps,
                        format_progress(done, tc.steps, elapsed, items, result.start_step));
@@ -410,7 +396,7 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
   }
   FATHOM_RETURN_IF_ERROR(save(tc.steps));
   if (evaluating) {
-    result.last_eval = evaluate(model, eval_set, eval_batch);
+    result.last_eval = model.evaluate(eval_set, eval_batch);
     JsonObject record;
     record.add("step", tc.steps)
         .add("eval_loss", result.last_eval.loss)

@@ -87,6 +87,12 @@ void ZeroAdamW::gradients_ready(const model::ParameterList& params) {
   }
 }
 
+void ZeroAdamW::set_pipeline_norm(parallel::Communicator* pp,
+                                  std::function<double(const model::Parameter&)> norm_weight) {
+  pp_ = pp;
+  norm_weight_ = std::move(norm_weight);
+}
+
 StepResult ZeroAdamW::step(double lr) {
   // 1. Post what backward has not, then wait for every bucket.
   for (Bucket& b : buckets_) {
@@ -103,13 +109,23 @@ StepResult ZeroAdamW::step(double lr) {
   double local_sq = 0;
   for (Bucket& b : buckets_) {
     scale(b.grad_shard, 1.0f / static_cast<float>(dp_.size()));
-    local_sq += reduce_all(b.grad_shard, Reduce::kSumSquares);
+    if (!norm_weight_) {
+      local_sq += reduce_all(b.grad_shard, Reduce::kSumSquares);
+      continue;
+    }
+    for (size_t i = 0; i < b.params.size(); ++i) {
+      const int64_t len = shard_length(b, i, b.comm->rank());
+      if (len == 0) continue;
+      local_sq += norm_weight_(*b.params[i]) *
+                  reduce_all(b.grad_shard.narrow(b.offset[i], len), Reduce::kSumSquares);
+    }
   }
   double norm_sq = local_sq;
-  if (dp_.size() > 1) {
-    // Summed in f32 across ranks: the norm only sets the clipping factor.
-    Tensor partial = Tensor::from_floats({static_cast<float>(local_sq)}, {1});
-    parallel::all_reduce_sync(dp_, partial);
+  // Summed in f32 across ranks: the norm only sets the clipping factor.
+  for (parallel::Communicator* group : {&dp_, pp_}) {
+    if (group == nullptr || group->size() == 1) continue;
+    Tensor partial = Tensor::from_floats({static_cast<float>(norm_sq)}, {1});
+    parallel::all_reduce_sync(*group, partial);
     norm_sq = partial.to_floats()[0];
   }
   result.grad_norm = std::sqrt(norm_sq);

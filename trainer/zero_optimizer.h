@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <utility>
 #include <vector>
 
@@ -42,6 +43,12 @@ class ZeroAdamW {
             parallel::Communicator& edp, int64_t bucket_bytes = kDefaultBucketBytes);
 
   static constexpr int64_t kDefaultBucketBytes = 16 << 20;
+
+  // Pipeline parallelism: the global norm also sums over `pp` (every pipeline stage holds other
+  // parameters), each parameter's squares weighted by norm_weight(p): 1 / (the number of pipeline
+  // ranks holding a copy of it), so mirrored copies count once. Call before the first step().
+  void set_pipeline_norm(parallel::Communicator* pp,
+                         std::function<double(const model::Parameter&)> norm_weight);
 
   // These parameters' gradients are final for this step: posts the reduce-scatter of every bucket
   // they complete. Parameters not in this optimizer are ignored. Every rank must report the same
@@ -84,6 +91,8 @@ class ZeroAdamW {
   model::ParameterList params_;
   AdamWOptions options_;
   parallel::Communicator& dp_;
+  parallel::Communicator* pp_ = nullptr;
+  std::function<double(const model::Parameter&)> norm_weight_;
   std::vector<Bucket> buckets_;
   // Parameter -> (bucket, index in bucket).
   std::vector<std::pair<const model::Parameter*, std::pair<size_t, size_t>>> where_;

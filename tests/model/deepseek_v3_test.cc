@@ -7,6 +7,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
+#include <memory>
+#include <string>
 #include <random>
 #include <vector>
 
@@ -119,6 +122,110 @@ TEST(DeepSeekV3Test, DeferredAndRecomputedBackwardEqualPlainBackward) {
   recomputed.init(1);
   recomputed.forward_backward(tokens, 0.5);
   EXPECT_EQ(grads_of(recomputed), want);
+}
+
+TEST(DeepSeekV3Test, StageLayersSplitEvenlyWithExtrasFirst) {
+  EXPECT_EQ(stage_layers(3, 0, 2).begin, 0);
+  EXPECT_EQ(stage_layers(3, 0, 2).end, 2);
+  EXPECT_EQ(stage_layers(3, 1, 2).begin, 2);
+  EXPECT_EQ(stage_layers(3, 1, 2).end, 3);
+  for (int stages = 1; stages <= 7; ++stages) {
+    int64_t next = 0;
+    for (int s = 0; s < stages; ++s) {
+      const LayerRange r = stage_layers(7, s, stages);
+      EXPECT_EQ(r.begin, next) << s << "/" << stages;
+      EXPECT_GE(r.end - r.begin, 7 / stages);
+      EXPECT_LE(r.end - r.begin, (7 + stages - 1) / stages);
+      next = r.end;
+    }
+    EXPECT_EQ(next, 7);
+  }
+  EXPECT_THAT(error_of([] { stage_layers(3, 0, 4); }), HasSubstr("stages <= n_layers"));
+}
+
+// The stages of a pipeline, run one after the other, compute exactly what the whole model does:
+// the same losses (summed over stages) and, parameter by parameter, the same gradients. The
+// embedding has two copies (the first stage's and the last stage's, which MTP reads) whose
+// gradients sum to the whole model's, up to the order of that sum.
+TEST(DeepSeekV3Test, StagesRunInSequenceEqualTheWholeModel) {
+  ModelConfig config = grad_config();
+  config.n_layers = 4;
+  config.n_activated_experts = 2;
+  const Tensor tokens = random_tokens(2, 6 + 2, config.vocab_size, 9);
+  DeepSeekV3 whole(config, TrainingPrecision::kFp32, Device::cpu());
+  whole.init(3);
+  set_random_biases(whole, 4);
+  const Losses want = whole.forward_backward(tokens, 0.5);
+  std::map<std::string, std::vector<float>> want_grads;
+  for (Parameter* p : whole.parameters()) want_grads[p->name] = p->grad.to_floats();
+  std::map<std::string, Tensor> biases;
+  for (Buffer* b : whole.buffers()) biases[b->name] = b->value;
+
+  for (int stages : {2, 3, 4}) {
+    SCOPED_TRACE(stages);
+    std::vector<std::unique_ptr<DeepSeekV3>> chunks;
+    for (int s = 0; s < stages; ++s) {
+      ModelOptions options;
+      options.stage = s;
+      options.stages = stages;
+      chunks.push_back(
+          std::make_unique<DeepSeekV3>(config, TrainingPrecision::kFp32, Device::cpu(), options));
+      chunks.back()->init(3);
+      for (Buffer* b : chunks.back()->buffers()) b->value.copy_from(biases.at(b->name));
+    }
+    EXPECT_TRUE(chunks.front()->first_stage() && chunks.back()->last_stage());
+    std::vector<DeepSeekV3::StagePass> passes(stages);
+    Tensor h;
+    Losses sum;
+    for (int s = 0; s < stages; ++s) {
+      Losses l;
+      h = chunks[s]->forward_stage(tokens, h, passes[s], &l);
+      EXPECT_EQ(h.defined(), s + 1 < stages);
+      sum.total += l.total;
+      sum.lm += l.lm;
+      sum.balance += l.balance;
+    }
+    EXPECT_NEAR(sum.total, want.total, 1e-12 * std::abs(want.total));
+    EXPECT_EQ(sum.lm, want.lm);
+    Tensor dh;
+    for (int s = stages - 1; s >= 0; --s) {
+      dh = chunks[s]->backward_stage(0.5, dh, passes[s]);
+      EXPECT_EQ(dh.defined(), s > 0);
+    }
+    std::map<std::string, std::vector<float>> got;
+    for (auto& chunk : chunks) {
+      for (Parameter* p : chunk->parameters()) {
+        const std::vector<float> g = p->grad.to_floats();
+        auto [it, fresh] = got.emplace(p->name, g);
+        if (!fresh) {
+          EXPECT_EQ(p->name, "embed.weight");  // the only parameter with two copies
+          for (size_t i = 0; i < g.size(); ++i) it->second[i] += g[i];
+        }
+      }
+    }
+    ASSERT_EQ(got.size(), want_grads.size());
+    for (const auto& [name, g] : want_grads) {
+      if (name == "embed.weight") {
+        for (size_t i = 0; i < g.size(); ++i) {
+          EXPECT_NEAR(got[name][i], g[i], 1e-6f * (std::abs(g[i]) + 1e-6f)) << i;
+        }
+      } else {
+        EXPECT_EQ(got[name], g) << name;
+      }
+    }
+  }
+}
+
+TEST(DeepSeekV3Test, StageObjectsRefuseWholeModelCalls) {
+  ModelOptions options;
+  options.stage = 1;
+  options.stages = 2;
+  DeepSeekV3 chunk(grad_config(), TrainingPrecision::kFp32, Device::cpu(), options);
+  const Tensor tokens = random_tokens(1, 4, 19, 1);
+  EXPECT_THAT(error_of([&] { chunk.evaluate(tokens); }), HasSubstr("pipeline stage 1 of 2"));
+  DeepSeekV3::StagePass pass;
+  EXPECT_THAT(error_of([&] { chunk.forward_stage(tokens, Tensor(), pass, nullptr); }),
+              HasSubstr("input"));
 }
 
 TEST(DeepSeekV3Test, LossScaleScalesGradientsAndGradientsAccumulate) {

@@ -236,8 +236,8 @@ TEST(ParallelConfigTest, ReportsLayoutAndModelProblemsWithTheirLines) {
   ASSERT_FALSE(config.ok());
   const std::string message(config.status().message());
   EXPECT_THAT(message,
-              HasSubstr("run.yaml:2: parallel.pp: 6 pipeline stages, but the model has only 4 "
-                        "layers (model.n_layers)"));
+              HasSubstr("run.yaml:2: parallel.pp: 6 pipeline ranks make 6 stages, but the model "
+                        "has only 4 layers (model.n_layers)"));
   EXPECT_THAT(message, HasSubstr("run.yaml:3: parallel.dp: must be at least 1"));
   EXPECT_THAT(message, HasSubstr("run.yaml:4: parallel.ep: 3 does not divide "
                                  "model.n_routed_experts 8"));
@@ -283,7 +283,7 @@ TEST(ValidateTest, ReportsEveryProblemAtOnce) {
   EXPECT_THAT(message, HasSubstr("parallel.ep: 3 does not divide dp 4"));
   EXPECT_THAT(message, HasSubstr("parallel: pp 5 x dp 4 = 20 ranks, but the world has 8"));
   EXPECT_THAT(message, HasSubstr("parallel.ep: 3 does not divide model.n_routed_experts 8"));
-  EXPECT_THAT(message, HasSubstr("parallel.pp: 5 pipeline stages, but the model has only 4"));
+  EXPECT_THAT(message, HasSubstr("parallel.pp: 5 pipeline ranks make 5 stages, but the model has only 4"));
   EXPECT_EQ(std::count(message.begin(), message.end(), '\n'), 3) << message;
 }
 

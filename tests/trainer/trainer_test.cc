@@ -4,6 +4,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -38,8 +39,10 @@ RunConfig tiny_run(std::vector<std::string> sets) {
   return *c;
 }
 
+// Per process: two builds' test suites may run at the same time on one machine.
 std::string fresh_dir(const std::string& name) {
-  const std::string dir = ::testing::TempDir() + "/trainer_test_" + name;
+  const std::string dir =
+      ::testing::TempDir() + "/trainer_test_" + name + "_" + std::to_string(getpid());
   fs::remove_all(dir);
   return dir;
 }

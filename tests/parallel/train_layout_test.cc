@@ -1,6 +1,7 @@
-// Layout equivalence of training (issue 4): the tiny model trained for 20 steps under data and
-// expert parallelism gives the single-rank losses, and a checkpoint written under one layout
-// resumes under another (world-size layouts, then a single rank) with the same losses.
+// Layout equivalence of training (issues 4 and 5): the tiny model trained for 20 steps under
+// data, expert and pipeline parallelism gives the single-rank losses, and a checkpoint written
+// under one layout resumes under another (world-size layouts, then a single rank) with the same
+// losses.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 
 #include "parallel/communicator.h"
 #include "parallel/mpi_env.h"
+#include "parallel/pipeline/schedule.h"
 #include "trainer/run_config.h"
 #include "trainer/trainer.h"
 
@@ -145,6 +147,66 @@ TEST(TrainLayoutTest, Fp8DispatchStaysCloseToSingleRank) {
     largest = std::max(largest, std::abs(r->loss[i] - reference[i]) / reference[i]);
   }
   EXPECT_GT(largest, 1e-6) << "fp8 dispatch left every loss unchanged";
+}
+
+// Pipeline layouts composed with data and expert parallelism, 8 micro-batches per step (the
+// DualPipe schedules need N >= 2P) and 16 sequences per step. At 4 ranks: pp2 x dp2 with ep2
+// (DualPipe) for 10 steps, resumed as pp4 DualPipe for 5, then on one rank. At 2 ranks: pp2
+// DualPipe, resumed as dp2 x ep2 without a pipeline, then on one rank. The model has 4 layers so
+// that pp4 has a block per stage.
+TEST(TrainLayoutTest, PipelineLayoutsMatchSingleRankAndCheckpointsMoveBetweenThem) {
+  parallel::Communicator& world = parallel::world_communicator();
+  const int n = world.size();
+  if (n != 2 && n != 4) GTEST_SKIP() << "needs 2 or 4 ranks";
+  using parallel::pipeline::ScheduleKind;
+  RunConfig config = tiny_run("fp32");
+  config.model.n_layers = 4;
+  config.train.grad_accum = 8;
+  const auto layout = [&](int steps, int pp, int dp, int ep, ScheduleKind kind) {
+    RunConfig c = config;
+    c.train.steps = steps;
+    c.parallel.pp = pp;
+    c.parallel.dp = dp;
+    c.parallel.ep = ep;
+    c.parallel.schedule = kind;
+    c.train.micro_batch_size = 2 / dp;
+    return c;
+  };
+  std::vector<double> reference;
+  {
+    TrainOptions alone;
+    alone.run_dir = ::testing::TempDir() + "/train_layout_pp_ref_rank" + std::to_string(world.rank());
+    alone.log = nullptr;
+    fs::remove_all(alone.run_dir);
+    absl::StatusOr<TrainResult> r = train(layout(kSteps, 1, 1, 1, ScheduleKind::k1F1B), alone);
+    ASSERT_TRUE(r.ok()) << r.status();
+    reference = r->loss;
+  }
+  TrainOptions options;
+  options.run_dir = shared_dir(world, "pipeline");
+  options.log = nullptr;
+  options.world = &world;
+  const RunConfig first = n == 4 ? layout(10, 2, 2, 2, ScheduleKind::kDualPipe)
+                                 : layout(10, 2, 1, 1, ScheduleKind::kDualPipe);
+  absl::StatusOr<TrainResult> a = train(first, options);
+  ASSERT_TRUE(a.ok()) << a.status();
+  expect_losses_close(a->loss, reference, 0, 1e-5, n == 4 ? "pp2 x dp2 x ep2" : "pp2");
+  options.resume = true;
+  const RunConfig second = n == 4 ? layout(15, 4, 1, 1, ScheduleKind::kDualPipe)
+                                  : layout(15, 1, 2, 2, ScheduleKind::k1F1B);
+  absl::StatusOr<TrainResult> b = train(second, options);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->start_step, 10);
+  expect_losses_close(b->loss, reference, 10, 1e-5, n == 4 ? "resumed as pp4" : "resumed as dp2");
+  if (world.rank() == 0) {
+    TrainOptions alone = options;
+    alone.world = nullptr;
+    absl::StatusOr<TrainResult> c = train(layout(kSteps, 1, 1, 1, ScheduleKind::k1F1B), alone);
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ(c->start_step, 15);
+    expect_losses_close(c->loss, reference, 15, 1e-5, "resumed on one rank");
+  }
+  world.barrier();
 }
 
 }  // namespace

@@ -521,9 +521,60 @@ absl::StatusOr<RunConfig> parse_run_config(const YAML::Node& root, std::string_v
   return parse_impl(root, source, base_dir, {});
 }
 
+namespace {
+
+// `over` on top of `base`: mappings merge key by key, anything else replaces. Returns a new tree.
+YAML::Node merged(const YAML::Node& base, const YAML::Node& over) {
+  if (!base.IsMap() || !over.IsMap()) return YAML::Clone(over);
+  YAML::Node out = YAML::Clone(base);
+  for (const auto& entry : over) {
+    const std::string key = entry.first.as<std::string>();
+    const YAML::Node& from_base = static_cast<const YAML::Node&>(out)[key];
+    out[key] = from_base.IsDefined() ? merged(from_base, entry.second) : YAML::Clone(entry.second);
+  }
+  return out;
+}
+
+// `file`, and when it names `base: OTHER.yaml` (relative to its directory), the base's settings
+// (itself possibly based on another) with this file's on top. A model path the base gives keeps
+// pointing where the base meant it.
+absl::StatusOr<YAML::Node> load_with_base(const std::string& file, int depth) {
+  FATHOM_ASSIGN_OR_RETURN(YAML::Node root, model::load_yaml_file(file));
+  if (!root.IsMap()) return root;
+  const YAML::Node base_name = static_cast<const YAML::Node&>(root)["base"];
+  if (!base_name.IsDefined()) return root;
+  if (!base_name.IsScalar()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(file, ":", base_name.Mark().line + 1, ": base: must be a run YAML path"));
+  }
+  if (depth >= 8) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(file, ": base: more than 8 levels of base files (a cycle?)"));
+  }
+  const std::filesystem::path dir = std::filesystem::path(file).parent_path();
+  const std::string base_file = (dir / base_name.as<std::string>()).string();
+  FATHOM_ASSIGN_OR_RETURN(YAML::Node base, load_with_base(base_file, depth + 1));
+  if (base.IsMap()) {
+    YAML::Node base_model = base["model"];
+    if (base_model.IsScalar()) {
+      const std::filesystem::path model_path = base_model.as<std::string>();
+      if (model_path.is_relative()) {
+        base["model"] = std::filesystem::relative(
+                            std::filesystem::path(base_file).parent_path() / model_path,
+                            dir.empty() ? "." : dir)
+                            .string();
+      }
+    }
+  }
+  root.remove("base");
+  return merged(base, root);
+}
+
+}  // namespace
+
 absl::StatusOr<RunConfig> load_run_config(const std::string& file,
                                           const std::vector<std::string>& sets) {
-  FATHOM_ASSIGN_OR_RETURN(YAML::Node root, model::load_yaml_file(file));
+  FATHOM_ASSIGN_OR_RETURN(YAML::Node root, load_with_base(file, 0));
   const bool model_is_path =
       root.IsMap() && static_cast<const YAML::Node&>(root)["model"].IsScalar();
   std::vector<std::string> run_sets, model_sets;

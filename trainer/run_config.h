@@ -2,6 +2,8 @@
 //
 // A run YAML has these top-level sections; every key is optional and the defaults suit a short
 // run of configs/models/tiny.yaml on a CPU:
+//   base: pretrain-tiny.yaml     # start from another run YAML (relative to this file) and
+//                                # override its keys: mappings merge key by key
 //   model: ../models/tiny.yaml   # a model YAML, relative to this file's directory, or a mapping
 //   precision: fp32              # fp32 | bf16 | fp8
 //   seed: 1                      # parameter init; also the data seed unless data.seed is given
@@ -11,6 +13,7 @@
 //              schedule: {type, warmup_steps, decay_start, decay_steps, decay_shape}
 //   mtp:       lambda, lambda_after, switch_step
 //   data:      task, weights, seed, train_problems, arithmetic: {...}, countdown: {...}
+//   parallel:  pp, dp, ep, fp8_dispatch, schedule, fb_overlap (parallel/topology.h)
 // The fields below say what each key means and what it defaults to. Defaults that depend on other
 // keys are resolved while parsing, so a RunConfig holds only concrete values and
 // run_config_to_yaml() writes them all out.

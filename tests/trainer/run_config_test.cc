@@ -124,6 +124,59 @@ TEST(RunConfig, InlineModelAndModelPathRelativeToTheRunFile) {
   EXPECT_THAT(bad.message(), HasSubstr("models/bad.yaml:3: model.n_heads: expected an integer"));
 }
 
+// `base:` starts from another run YAML: mappings merge key by key, the base's model path keeps
+// meaning what it meant next to the base file, and a chain of bases works.
+TEST(RunConfig, BaseFileIsMergedUnderTheRunFile) {
+  std::filesystem::copy_file(tiny_path(), temp_dir() + "/models/m.yaml",
+                             std::filesystem::copy_options::overwrite_existing);
+  write_file("base.yaml",
+             "model: models/m.yaml\nseed: 5\ntrain:\n  steps: 40\n  seq_len: 64\n"
+             "optimizer:\n  lr: 0.002\n");
+  std::filesystem::create_directories(temp_dir() + "/child");
+  const RunConfig c = load_ok(write_file(
+      "child/run.yaml",
+      "base: ../base.yaml\ntrain:\n  seq_len: 32\nparallel:\n  schedule: dualpipev\n"));
+  EXPECT_EQ(c.model.dim, 64);          // the base's model, found relative to the base
+  EXPECT_EQ(c.seed, 5);                // from the base
+  EXPECT_EQ(c.train.steps, 40);        // merged: the base's key next to ...
+  EXPECT_EQ(c.train.seq_len, 32);      // ... the run file's override
+  EXPECT_EQ(c.optimizer.schedule.lr, 0.002);
+  EXPECT_EQ(c.parallel.schedule, parallel::pipeline::ScheduleKind::kDualPipeV);
+  // A chain, with --set on top of everything.
+  const RunConfig chained =
+      load_ok(write_file("chain.yaml", "base: child/run.yaml\nseed: 9\n"), {"train.steps=7"});
+  EXPECT_EQ(chained.seed, 9);
+  EXPECT_EQ(chained.train.seq_len, 32);
+  EXPECT_EQ(chained.train.steps, 7);
+
+  EXPECT_THAT(load_error(write_file("no_base.yaml", "base: nope.yaml\n")).message(),
+              HasSubstr("nope.yaml"));
+  write_file("loop_a.yaml", "base: loop_b.yaml\n");
+  EXPECT_THAT(load_error(write_file("loop_b.yaml", "base: loop_a.yaml\n")).message(),
+              HasSubstr("a cycle?"));
+  // The presets that use it load.
+  const RunConfig four = load_ok(run_preset("pretrain-tiny-4ranks"));
+  EXPECT_EQ(four.parallel.pp, 2);
+  EXPECT_EQ(four.parallel.schedule, parallel::pipeline::ScheduleKind::kDualPipe);
+  EXPECT_EQ(four.model, load_ok(run_preset("pretrain-tiny")).model);
+}
+
+// With pp > 1 the micro-batches per step are the schedule's N, checked when the config loads.
+TEST(RunConfig, PipelineScheduleConditionsNameTheirKeys) {
+  const std::string path = write_file("pipeline.yaml", "model: " + tiny_path() +
+                                                           "\ntrain:\n  grad_accum: 3\n"
+                                                           "parallel:\n  pp: 2\n  dp: 1\n"
+                                                           "  schedule: dualpipe\n");
+  EXPECT_THAT(load_error(path).message(),
+              HasSubstr("train.grad_accum: micro-batches per step for the pipeline schedule: "
+                        "dualpipe schedule needs"));
+  EXPECT_THAT(load_error(path, {"parallel.schedule=dualpipe2"}).message(),
+              HasSubstr("parallel.schedule"));
+  EXPECT_THAT(load_error(path, {"parallel.pp=2", "parallel.schedule=dualpipev"}).message(),
+              HasSubstr("2 pipeline ranks make 4 stages, but the model has only 3 layers"));
+  load_ok(path, {"train.grad_accum=4"});
+}
+
 TEST(RunConfig, UnknownKeysAndTypeErrorsAllAtOnceWithLines) {
   const std::string path = write_file("typos.yaml", "model: " + tiny_path() +
                                                         "\n"                     // 1

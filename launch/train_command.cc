@@ -23,7 +23,9 @@ constexpr char kUsage[] =
     "--set train.steps=50 --set optimizer.lr=1e-3. --resume continues the run in DIR from its\n"
     "newest checkpoint, bit-identically, under any parallel layout.\n"
     "Many ranks: mpirun -np N fathom train RUN.yaml --set parallel.dp=N [--set parallel.ep=E]\n"
-    "(or srun --mpi=pmix); rank 0 logs.\n";
+    "[--set parallel.pp=P --set parallel.schedule=dualpipe] (or srun --mpi=pmix); world =\n"
+    "pp x dp; with pp > 1, train.grad_accum is the schedule's micro-batches per step. Rank 0\n"
+    "logs. Example: configs/runs/pretrain-tiny-4ranks.yaml (DualPipe x EP x DP).\n";
 
 int usage_error(const std::string& message) {
   std::fprintf(stderr, "fathom train: %s\n%s", message.c_str(), kUsage);

@@ -21,6 +21,9 @@ void set_device(int) { no_cuda("set_device"); }
 Stream current_stream(int) { return nullptr; }
 void set_current_stream(int, Stream) { no_cuda("set_current_stream"); }
 void synchronize(int) { no_cuda("synchronize"); }
+Stream create_stream(int) { no_cuda("create_stream"); }
+void destroy_stream(Stream) { no_cuda("destroy_stream"); }
+void synchronize_stream(Stream) { no_cuda("synchronize_stream"); }
 void copy_bytes(void*, Device, const void*, Device, size_t) { no_cuda("copy to or from a GPU"); }
 std::unique_ptr<RawMemory> make_raw_memory(int) { no_cuda("device memory"); }
 

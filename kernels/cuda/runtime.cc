@@ -100,6 +100,17 @@ void synchronize(int device) {
   FATHOM_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
+Stream create_stream(int device) {
+  set_device(device);
+  cudaStream_t stream = nullptr;
+  FATHOM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  return stream;
+}
+
+void destroy_stream(Stream stream) { FATHOM_CUDA_CHECK(cudaStreamDestroy(stream)); }
+
+void synchronize_stream(Stream stream) { FATHOM_CUDA_CHECK(cudaStreamSynchronize(stream)); }
+
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
   const Device device = dst_device.is_cuda() ? dst_device : src_device;
   set_device(device.index);

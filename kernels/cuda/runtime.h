@@ -34,6 +34,13 @@ void set_device(int device);
 Stream current_stream(int device);
 void set_current_stream(int device, Stream stream);
 void synchronize(int device);
+// A stream on `device` that does not synchronise with the legacy default stream, so work on it
+// runs beside work on others (e.g. the two halves of an overlapped forward+backward). The
+// caller owns it: destroy_stream() when done.
+Stream create_stream(int device);
+void destroy_stream(Stream stream);
+// Blocks until everything queued on `stream` has completed.
+void synchronize_stream(Stream stream);
 
 // Copies `bytes` between any two of host and device memory, ordered on the current stream of
 // the device involved; returns after the copy completes.

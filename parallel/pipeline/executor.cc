@@ -40,6 +40,13 @@ PipelineExecutor::PipelineExecutor(const Schedule& schedule, int rank, Communica
   FATHOM_CHECK(tag(schedule.stages - 1, schedule.micro_batches - 1, kGradient) <= kMaxTag)
       << "PipelineExecutor: " << schedule.micro_batches << " micro-batches x " << schedule.stages
       << " stages exceed the message tags MPI guarantees";
+  if (options_.overlap && options_.device.is_cuda()) {
+    side_stream_ = cuda::create_stream(options_.device.index);
+  }
+}
+
+PipelineExecutor::~PipelineExecutor() {
+  if (side_stream_ != nullptr) cuda::destroy_stream(side_stream_);
 }
 
 int PipelineExecutor::tag(int stage, int micro_batch, Direction direction) const {
@@ -128,10 +135,20 @@ void PipelineExecutor::forward_backward(const Instruction& in, ExecutorStats& st
   Task b = prepare(in.chunk_b, in.micro_batch_b, /*backward=*/true, in.defer_weight, stats);
   const auto start = Clock::now();
   if (options_.overlap) {
+    const bool gpu = options_.device.is_cuda();
+    const int device = options_.device.index;
+    // The forward's inputs were produced on this thread's stream.
+    if (gpu) cuda::synchronize_stream(cuda::current_stream(device));
     std::exception_ptr failure;
     std::thread forward_thread([&] {
       try {
+        if (gpu) {
+          cuda::set_device(device);
+          cuda::set_current_stream(device, side_stream_);
+        }
         compute(f);
+        // Its outputs are used on this thread's stream after the pair.
+        if (gpu) cuda::synchronize_stream(side_stream_);
       } catch (...) {
         failure = std::current_exception();
       }

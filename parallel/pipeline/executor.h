@@ -12,7 +12,9 @@
 //   kForwardBackward              the forward and the backward above, at the same time: with
 //                                 overlap on, the forward runs on a second thread, so while one
 //                                 half waits for its expert-parallel all-to-all the other
-//                                 computes (each chunk must then use its own communicators)
+//                                 computes (each chunk must then use its own communicators);
+//                                 on a GPU the forward thread queues its work on a stream of
+//                                 its own, and both streams are drained before the pair ends
 //   kSendForward / kSendBackward  post a non-blocking send of what the last compute produced
 // At the end every send is complete and the FIFO is empty. Failures throw fathom::Error; the
 // rank's fault handler (parallel/fault.h) then stops every rank, so a peer waiting on a receive
@@ -24,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/cuda/runtime.h"
 #include "kernels/tensor.h"
 #include "model/module.h"
 #include "parallel/communicator.h"
@@ -85,6 +88,9 @@ class PipelineExecutor {
   // group, rank r of it = schedule rank r. All must outlive the executor.
   PipelineExecutor(const Schedule& schedule, int rank, Communicator& pp,
                    std::vector<StageWorker*> chunks, ExecutorOptions options);
+  ~PipelineExecutor();
+  PipelineExecutor(const PipelineExecutor&) = delete;
+  PipelineExecutor& operator=(const PipelineExecutor&) = delete;
 
   // Runs the rank's program once (one training step's forwards and backwards).
   ExecutorStats run();
@@ -130,6 +136,7 @@ class PipelineExecutor {
   // Produced for another rank, until their kSend*: activations and gradients by receiving stage.
   std::map<Key, Tensor> outgoing_[2];
   std::vector<std::pair<Tensor, WorkHandle>> sends_;
+  cuda::Stream side_stream_ = nullptr;  // GPU: the overlapped forward's stream
 };
 
 }  // namespace fathom::parallel::pipeline

@@ -23,13 +23,7 @@ using ::testing::HasSubstr;
 
 constexpr const char* kPython = "/usr/bin/python3";
 
-fs::path source_dir() {
-#ifdef FATHOM_SOURCE_DIR
-  return fs::path(FATHOM_SOURCE_DIR);
-#else
-  return fs::path(__FILE__).parent_path().parent_path().parent_path();
-#endif
-}
+fs::path source_dir() { return fs::path(FATHOM_SOURCE_DIR); }
 
 class SafetensorsTest : public ::testing::Test {
  protected:

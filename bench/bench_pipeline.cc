@@ -13,8 +13,8 @@
 // Section 1, schedules (pp 4 x dp 1): 1F1B, ZB1P, DualPipe, DualPipeV, N micro-batches, with
 // fb_overlap off: without expert parallelism there is no all-to-all to hide, a second thread per
 // pair would only compete for the cores, and the executor then runs one compute at a time, as the
-// simulator assumes. One warm-up step, then K timed steps, each after a barrier. Per step, from each rank's
-// ExecutorStats:
+// simulator assumes. One warm-up step, then K timed steps, each after a barrier. Per step, from
+// each rank's ExecutorStats:
 //   step time   max over ranks of total_seconds (the makespan of the program)
 //   compute     F + B (full and input-only) + W + F&B pair wall time (receive waits excluded)
 //   bubble      1 - compute / step time, per rank (the simulator's bubble / makespan)
@@ -329,7 +329,8 @@ Costs measured_costs(const Measurement& m, double p2p) {
       if (in.op == parallel::pipeline::Op::kForwardBackward && in.defer_weight) ++deferred_pairs;
     }
   }
-  const double deferred_n = static_cast<double>(deferred_pairs) * static_cast<double>(m.steps.size());
+  const double deferred_n =
+      static_cast<double>(deferred_pairs) * static_cast<double>(m.steps.size());
   c.forward_backward =
       pair_n > 0 ? (1e-9 * m.sum(kPair) + deferred_n * c.weight) / pair_n : c.forward + c.backward;
   c.p2p = p2p;
@@ -417,9 +418,9 @@ void report_schedules(const std::vector<Measurement>& runs, double p2p) {
       "# bubble: per rank 1 - compute / step (median over steps), mean and worst rank;\n"
       "# simulated: simulate() with the costs of the second table (busy time of the mean rank =\n"
       "# measured compute), equal on every rank, so per-rank imbalance is not in the prediction;\n"
-      "# imbalance: compute of the busiest rank / mean compute of the ranks; cores busy: sum of the\n"
-      "# ranks' compute / (logical cores x step), near 100%% when the ranks' bubbles are filled\n"
-      "# by other ranks' compute\n");
+      "# imbalance: compute of the busiest rank / mean compute of the ranks; cores busy: sum of\n"
+      "# the ranks' compute / (logical cores x step), near 100%% when the ranks' bubbles are\n"
+      "# filled by other ranks' compute\n");
   std::printf("%-10s %22s %10s %12s %13s %10s %7s | %11s %10s %10s\n", "schedule", "step ms",
               "tokens/s", "bubble mean%", "bubble worst%", "imbalance", "cores%", "sim step ms",
               "sim mean%", "sim worst%");

@@ -1,5 +1,6 @@
 #include "model/deepseek_v3.h"
 
+#include <algorithm>
 #include <string>
 #include <utility>
 
@@ -38,12 +39,15 @@ struct DeepSeekV3::Pass {
   std::vector<Mtp> mtp;
 };
 
-LayerRange stage_layers(int64_t n_layers, int stage, int stages) {
-  FATHOM_CHECK(stages >= 1 && stage >= 0 && stage < stages && stages <= n_layers)
+LayerRange stage_layers(int64_t n_layers, int64_t mtp_depth, int stage, int stages) {
+  FATHOM_CHECK(stages >= 1 && stage >= 0 && stage < stages && stages <= n_layers && mtp_depth >= 0)
       << "stage_layers: stage " << stage << " of " << stages << " for " << n_layers
       << " blocks (need 1 <= stages <= n_layers)";
-  const auto begin = [&](int64_t s) { return (s * n_layers + stages - 1) / stages; };
-  return {begin(stage), begin(stage + 1)};
+  const int64_t units = n_layers + mtp_depth;
+  const auto begin = [&](int64_t s) {
+    return std::min(n_layers, (s * units + stages - 1) / stages);
+  };
+  return {begin(stage), stage + 1 == stages ? n_layers : begin(stage + 1)};
 }
 
 DeepSeekV3::StagePass::StagePass() : pass_(std::make_unique<Pass>()) {}
@@ -60,7 +64,7 @@ DeepSeekV3::DeepSeekV3(const ModelConfig& config, TrainingPrecision precision, D
       stages_(options.stages),
       rope_(make_rope_table(rope_config(config), config.max_seq_len, device)) {
   FATHOM_CHECK(validate(config).ok()) << "DeepSeekV3: invalid config: " << validate(config);
-  const LayerRange range = stage_layers(config.n_layers, stage_, stages_);
+  const LayerRange range = stage_layers(config.n_layers, config.mtp_depth, stage_, stages_);
   const float eps = static_cast<float>(config.norm_eps);
   if (first_stage() || (last_stage() && config.mtp_depth > 0)) {
     embed_ = std::make_unique<Embedding>("embed.weight", config.vocab_size, config.dim, device);

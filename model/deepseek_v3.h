@@ -50,14 +50,16 @@ struct ModelOptions {
   int stages = 1;                         // of this many; 1 <= stages <= n_layers
 };
 
-// The blocks of pipeline stage `stage` of `stages`: [begin, end), the n_layers blocks split as
-// evenly as possible. When it is uneven the first stages take the extra blocks: the last stage
-// also runs the head and the MTP modules.
+// The blocks of pipeline stage `stage` of `stages`: [begin, end). The last stage also runs the
+// mtp_depth MTP modules, each about a block's work, so the split balances n_layers + mtp_depth
+// units: consecutive, as even as possible, the first stages taking the extra ones when uneven
+// (the last stage also runs the output head). A stage may get no block when the MTP modules fill
+// its share. Requires 1 <= stages <= n_layers.
 struct LayerRange {
   int64_t begin = 0;
   int64_t end = 0;
 };
-LayerRange stage_layers(int64_t n_layers, int stage, int stages);
+LayerRange stage_layers(int64_t n_layers, int64_t mtp_depth, int stage, int stages);
 
 struct Losses {
   double total = 0;
@@ -173,7 +175,8 @@ class DeepSeekV3 {
   int stages_;
   RopeTable rope_;
   std::unique_ptr<Embedding> embed_;  // first stage, and the last with MTP
-  std::vector<std::unique_ptr<Block>> layers_;  // blocks stage_layers(): layers_[i] is block begin + i
+  // The blocks stage_layers() gives this stage: layers_[i] is block begin + i.
+  std::vector<std::unique_ptr<Block>> layers_;
   std::unique_ptr<RmsNorm> norm_;     // last stage
   std::unique_ptr<OutputHead> head_;  // last stage
   std::vector<std::unique_ptr<MtpModule>> mtp_;

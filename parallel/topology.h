@@ -60,7 +60,8 @@ struct ParallelConfig {
   // Pipeline schedule (parallel/pipeline/schedule.h), used when pp > 1; its conditions on pp and
   // the micro-batches per step are checked where both are known (the run config).
   pipeline::ScheduleKind schedule = pipeline::ScheduleKind::k1F1B;
-  // kForwardBackward halves run concurrently, so one's all-to-all hides behind the other's compute.
+  // kForwardBackward halves run concurrently, so one's all-to-all hides behind the other's compute
+  // (on the CPU only with ep > 1: without an all-to-all there is nothing to hide).
   bool fb_overlap = true;
 
   int64_t world_size() const { return pp * dp; }

@@ -348,6 +348,11 @@ absl::StatusOr<ConvertReport> export_hf_v3(const std::string& checkpoint_dir,
 }
 
 absl::Status load_v3_weights(const std::string& checkpoint_dir, model::DeepSeekV3& model) {
+  return load_v3_weights(checkpoint_dir, model.parameters(), model.buffers());
+}
+
+absl::Status load_v3_weights(const std::string& checkpoint_dir, const model::ParameterList& params,
+                             const model::BufferList& buffers) {
   FATHOM_ASSIGN_OR_RETURN(std::vector<std::string> names, list_checkpoint_tensors(checkpoint_dir));
   const std::set<std::string> have(names.begin(), names.end());
   std::vector<TensorShard> requests;
@@ -370,14 +375,14 @@ absl::Status load_v3_weights(const std::string& checkpoint_dir, model::DeepSeekV
         Tensor::empty(fp8_scale_shape(rows, ScaleBlock::k128x128), DType::kF32, value.device()),
         fp8_scale_shape(global, ScaleBlock::k128x128), row_offset});
   };
-  for (model::Parameter* p : model.parameters()) add(p->name, p->value, p->global(), p->row_offset);
-  for (model::Buffer* b : model.buffers()) add(b->name, b->value, b->value.shape(), 0);
+  for (model::Parameter* p : params) add(p->name, p->value, p->global(), p->row_offset);
+  for (model::Buffer* b : buffers) add(b->name, b->value, b->value.shape(), 0);
   FATHOM_RETURN_IF_ERROR(read_checkpoint(checkpoint_dir, absl::MakeSpan(requests), nullptr));
   for (const Fp8Target& t : fp8) {
     Fp8Tensor q{requests[t.data].tensor, requests[t.scales].tensor, ScaleBlock::k128x128};
     dequantize_fp8(q, *t.into);
   }
-  for (model::Parameter* p : model.parameters()) ++p->version;
+  for (model::Parameter* p : params) ++p->version;
   return absl::OkStatus();
 }
 

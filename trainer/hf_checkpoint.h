@@ -86,5 +86,8 @@ absl::StatusOr<ConvertReport> export_hf_v3(const std::string& checkpoint_dir,
 // (w = e4m3 * scale_inv per 128x128 block). Parameters holding some rows (expert parallelism)
 // read those rows. Bumps each parameter's version. Errors as read_checkpoint().
 absl::Status load_v3_weights(const std::string& checkpoint_dir, model::DeepSeekV3& model);
+// The same for any parameters and buffers (e.g. a pipeline rank's stages).
+absl::Status load_v3_weights(const std::string& checkpoint_dir, const model::ParameterList& params,
+                             const model::BufferList& buffers);
 
 }  // namespace fathom::trainer

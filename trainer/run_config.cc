@@ -168,6 +168,7 @@ absl::StatusOr<RunConfig> parse_impl(const YAML::Node& root, std::string_view so
     train->read("eval_samples", &c.train.eval_samples);
     train->read("checkpoint_every", &c.train.checkpoint_every);
     train->read("threads", &c.train.threads);
+    train->read("init_from", &c.train.init_from);
     train->finish();
   }
 
@@ -602,6 +603,7 @@ std::string run_config_to_yaml(const RunConfig& c) {
       "  recompute: ", t.recompute ? "true" : "false", "\n", "  log_every: ", t.log_every, "\n",
       "  eval_every: ", t.eval_every, "\n", "  eval_samples: ", t.eval_samples, "\n",
       "  checkpoint_every: ", t.checkpoint_every, "\n", "  threads: ", t.threads, "\n");
+  if (!t.init_from.empty()) absl::StrAppend(&out, "  init_from: \"", t.init_from, "\"\n");
   const OptimizerConfig& o = c.optimizer;
   const LrSchedule& s = o.schedule;
   absl::StrAppend(&out, "optimizer:\n", "  lr: ", format_real(s.lr), "\n",

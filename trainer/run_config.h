@@ -8,7 +8,7 @@
 //   precision: fp32              # fp32 | bf16 | fp8
 //   seed: 1                      # parameter init; also the data seed unless data.seed is given
 //   train:     steps, micro_batch_size, grad_accum, seq_len, recompute, log_every, eval_every,
-//              eval_samples, checkpoint_every, threads
+//              eval_samples, checkpoint_every, threads, init_from
 //   optimizer: lr, min_lr, beta1, beta2, eps, weight_decay, grad_clip, moments,
 //              schedule: {type, warmup_steps, decay_start, decay_steps, decay_shape}
 //   mtp:       lambda, lambda_after, switch_step
@@ -53,6 +53,10 @@ struct TrainConfig {
   int64_t eval_samples = 256;    // held-out problems per evaluation; 0: no evaluation
   int64_t checkpoint_every = 0;  // steps between checkpoints; 0: only at the end
   int64_t threads = 0;           // CPU threads per rank; 0: all cores
+  // A checkpoint directory to take the initial weights from (parameters and router biases; the
+  // optimizer starts fresh at step 0): a training checkpoint, or a Hugging Face model imported
+  // with `fathom convert`. Relative to the working directory. Empty: random initialisation.
+  std::string init_from;
 
   bool operator==(const TrainConfig&) const = default;
 };

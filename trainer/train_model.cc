@@ -187,7 +187,9 @@ TrainModel::TrainModel(const RunConfig& config, Device device, parallel::Process
     options.boundary_shape = {config.train.micro_batch_size * config.train.seq_len,
                               config.model.dim};
     options.device = device;
-    options.overlap = config.parallel.fb_overlap;
+    // The overlap hides the expert-parallel all-to-all; without one, a second thread only adds
+    // contention on the host (on a GPU the halves still share the device on two streams).
+    options.overlap = config.parallel.fb_overlap && (config.parallel.ep > 1 || device.is_cuda());
     executor_ = std::make_unique<pipeline::PipelineExecutor>(*schedule_, pp_rank, *groups.pp,
                                                              std::move(workers), options);
   }

@@ -15,6 +15,7 @@
 #include "parallel/topology.h"
 #include "trainer/checkpoint.h"
 #include "trainer/flops.h"
+#include "trainer/hf_checkpoint.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
@@ -204,12 +205,20 @@ absl::StatusOr<TrainResult> train(const RunConfig& config, const TrainOptions& o
     result.start_step = meta.step;
     if (lead) FATHOM_RETURN_IF_ERROR(truncate_metrics(metrics_path, meta.step));
     log_line(log, absl::StrCat("resumed from ", *latest, " at step ", meta.step));
-  } else if (fs::exists(checkpoints_dir)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        options.run_dir, " already holds checkpoints: pass --resume to continue that run, or "
-        "choose another --run-dir"));
-  } else if (lead) {
-    fs::remove(metrics_path, ec);
+  } else {
+    if (fs::exists(checkpoints_dir)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          options.run_dir, " already holds checkpoints: pass --resume to continue that run, or "
+          "choose another --run-dir"));
+    }
+    if (lead) fs::remove(metrics_path, ec);
+    if (!tc.init_from.empty()) {
+      const absl::Status loaded = load_v3_weights(tc.init_from, model.all_copies(), model.buffers());
+      if (!loaded.ok()) {
+        return absl::Status(loaded.code(), absl::StrCat("train.init_from: ", loaded.message()));
+      }
+      log_line(log, absl::StrCat("initial weights from ", tc.init_from));
+    }
   }
   world.barrier();  // nobody writes into the run directory before everyone has looked at it
   std::optional<MetricsWriter> metrics;

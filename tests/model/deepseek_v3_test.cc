@@ -124,23 +124,33 @@ TEST(DeepSeekV3Test, DeferredAndRecomputedBackwardEqualPlainBackward) {
   EXPECT_EQ(grads_of(recomputed), want);
 }
 
-TEST(DeepSeekV3Test, StageLayersSplitEvenlyWithExtrasFirst) {
-  EXPECT_EQ(stage_layers(3, 0, 2).begin, 0);
-  EXPECT_EQ(stage_layers(3, 0, 2).end, 2);
-  EXPECT_EQ(stage_layers(3, 1, 2).begin, 2);
-  EXPECT_EQ(stage_layers(3, 1, 2).end, 3);
-  for (int stages = 1; stages <= 7; ++stages) {
-    int64_t next = 0;
-    for (int s = 0; s < stages; ++s) {
-      const LayerRange r = stage_layers(7, s, stages);
-      EXPECT_EQ(r.begin, next) << s << "/" << stages;
-      EXPECT_GE(r.end - r.begin, 7 / stages);
-      EXPECT_LE(r.end - r.begin, (7 + stages - 1) / stages);
-      next = r.end;
+TEST(DeepSeekV3Test, StageLayersBalanceBlocksAndMtpModules) {
+  // 3 blocks, no MTP, 2 stages: the first takes the extra block.
+  EXPECT_EQ(stage_layers(3, 0, 0, 2).begin, 0);
+  EXPECT_EQ(stage_layers(3, 0, 0, 2).end, 2);
+  EXPECT_EQ(stage_layers(3, 0, 1, 2).begin, 2);
+  EXPECT_EQ(stage_layers(3, 0, 1, 2).end, 3);
+  // 8 blocks + 1 MTP module over 4 stages: 3, 2, 2, and 1 block + the MTP module.
+  EXPECT_EQ(stage_layers(8, 1, 0, 4).end, 3);
+  EXPECT_EQ(stage_layers(8, 1, 3, 4).begin, 7);
+  // 4 blocks + 1 MTP over 4 stages: the last stage runs the MTP module alone.
+  EXPECT_EQ(stage_layers(4, 1, 3, 4).begin, 4);
+  EXPECT_EQ(stage_layers(4, 1, 3, 4).end, 4);
+  for (int64_t mtp : {0, 1, 2}) {
+    for (int stages = 1; stages <= 7; ++stages) {
+      int64_t next = 0;
+      for (int s = 0; s < stages; ++s) {
+        const LayerRange r = stage_layers(7, mtp, s, stages);
+        const int64_t units = (r.end - r.begin) + (s + 1 == stages ? mtp : 0);
+        EXPECT_EQ(r.begin, next) << s << "/" << stages << " mtp " << mtp;
+        EXPECT_GE(units, (7 + mtp) / stages - 1) << s << "/" << stages << " mtp " << mtp;
+        EXPECT_LE(units, (7 + mtp + stages - 1) / stages) << s << "/" << stages << " mtp " << mtp;
+        next = r.end;
+      }
+      EXPECT_EQ(next, 7);
     }
-    EXPECT_EQ(next, 7);
   }
-  EXPECT_THAT(error_of([] { stage_layers(3, 0, 4); }), HasSubstr("stages <= n_layers"));
+  EXPECT_THAT(error_of([] { stage_layers(3, 1, 0, 4); }), HasSubstr("stages <= n_layers"));
 }
 
 // The stages of a pipeline, run one after the other, compute exactly what the whole model does:

@@ -4,6 +4,8 @@
 // so their gradients are bit-identical (except the embedding, whose two copies are summed);
 // DualPipe and DualPipeV interleave the two directions' micro-batches, so theirs agree to
 // rounding. The overlapped forward+backward pairs give the same bits with and without threads.
+// The embedding has a copy on the first and on the last stage; the model's stage split
+// (model/deepseek_v3.h) gives the last stage fewer blocks since it runs the MTP module.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -151,13 +153,15 @@ TEST(PipelineTest, DualPipeEqualsSerial) {
 }
 TEST(PipelineTest, DualPipeVEqualsSerial) { expect_matches_serial(ScheduleKind::kDualPipeV, false); }
 
-// The overlapped pairs run on two threads; the result must not depend on it, and the pairs must
-// have run (with time on both halves).
+// The overlapped pairs run on two threads (pp2 x dp2 with ep2, so there is an all-to-all to
+// hide); the result must not depend on it, and the pairs must have run concurrently.
 TEST(PipelineTest, OverlappedForwardBackwardGivesTheSameBits) {
   parallel::Communicator& world = parallel::world_communicator();
-  if (world.size() < 2 || world.size() % 2 != 0) GTEST_SKIP() << "DualPipe needs even P >= 2";
-  RunConfig c = pipeline_run(ScheduleKind::kDualPipe, world.size());
-  const std::vector<Tensor> batches = micro_batches(c, 8);
+  if (world.size() != 4) GTEST_SKIP() << "needs 4 ranks (pp2 x dp2 x ep2)";
+  RunConfig c = pipeline_run(ScheduleKind::kDualPipe, 2);
+  c.parallel.dp = 2;
+  c.parallel.ep = 2;
+  const std::vector<Tensor> batches = micro_batches(c, 8 + static_cast<uint32_t>(world.rank()));
   c.parallel.fb_overlap = true;
   const PipelineRun overlapped = run_pipeline(c, batches);
   c.parallel.fb_overlap = false;
@@ -165,8 +169,8 @@ TEST(PipelineTest, OverlappedForwardBackwardGivesTheSameBits) {
   EXPECT_EQ(overlapped.losses.total, sequential.losses.total);
   EXPECT_EQ(overlapped.grads, sequential.grads);
   EXPECT_GT(overlapped.stats.forward_backward.count, 0);
-  EXPECT_GT(overlapped.stats.fb_forward_seconds, 0);
-  EXPECT_GT(overlapped.stats.fb_backward_seconds, 0);
+  EXPECT_GT(overlapped.stats.overlapped_seconds(), 0);
+  EXPECT_LE(sequential.stats.overlapped_seconds(), 1e-3 * sequential.stats.total_seconds);
 }
 
 }  // namespace

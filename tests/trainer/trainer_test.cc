@@ -93,6 +93,39 @@ TEST(TrainerTest, TinyModelLearnsHeldOutArithmetic) {
   EXPECT_TRUE(fs::exists(result->checkpoint));
 }
 
+// train.init_from starts a new run (step 0, fresh optimizer) from a checkpoint's weights: its
+// first evaluation is the source run's last one.
+TEST(TrainerTest, InitFromStartsFromTheCheckpointWeights) {
+  const RunConfig source_config =
+      tiny_run(short_run(6, {"train.seq_len=128", "train.micro_batch_size=2", "train.eval_samples=16"}));
+  TrainOptions source;
+  source.run_dir = fresh_dir("init_source");
+  source.log = nullptr;
+  absl::StatusOr<TrainResult> a = train(source_config, source);
+  ASSERT_TRUE(a.ok()) << a.status();
+
+  RunConfig config = source_config;
+  config.train.steps = 4;
+  config.train.init_from = a->checkpoint;
+  TrainOptions options;
+  options.run_dir = fresh_dir("init_from");
+  options.log = nullptr;
+  absl::StatusOr<TrainResult> b = train(config, options);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->start_step, 0);
+  EXPECT_EQ(b->first_eval.loss, a->last_eval.loss);
+  EXPECT_LT(b->first_eval.loss, 0.9 * a->first_eval.loss);
+
+  config.train.init_from = "/nonexistent/checkpoint";
+  options.run_dir = fresh_dir("init_missing");
+  absl::StatusOr<TrainResult> missing = train(config, options);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_THAT(std::string(missing.status().message()),
+              ::testing::HasSubstr("train.init_from: "));
+  EXPECT_THAT(std::string(missing.status().message()),
+              ::testing::HasSubstr("/nonexistent/checkpoint"));
+}
+
 TEST(TrainerTest, ResumeIsBitIdentical) {
   const RunConfig config = tiny_run(short_run(
       12, {"train.log_every=1", "train.checkpoint_every=5", "precision=fp8", "train.seq_len=32"}));

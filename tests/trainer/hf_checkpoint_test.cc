@@ -29,6 +29,15 @@
 namespace fathom::trainer {
 namespace {
 
+// A whole tensor as a checkpoint shard. Named members, not a braced list: GCC 12 reports a false
+// -Wmaybe-uninitialized on the defaulted global_shape otherwise.
+TensorShard whole(const std::string& name, const Tensor& value) {
+  TensorShard shard;
+  shard.name = name;
+  shard.tensor = value;
+  return shard;
+}
+
 namespace fs = std::filesystem;
 using nlohmann::json;
 using ::testing::AllOf;
@@ -79,8 +88,8 @@ class HfCheckpointTest : public ::testing::Test {
   static void save(const std::string& dir, model::DeepSeekV3& m,
                    const std::vector<TensorShard>& extra = {}) {
     std::vector<TensorShard> shards = extra;
-    for (model::Parameter* p : m.parameters()) shards.push_back({p->name, p->value});
-    for (model::Buffer* b : m.buffers()) shards.push_back({b->name, b->value});
+    for (model::Parameter* p : m.parameters()) shards.push_back(whole(p->name, p->value));
+    for (model::Buffer* b : m.buffers()) shards.push_back(whole(b->name, b->value));
     CheckpointMeta meta;
     meta.text["config"] = model::model_config_to_yaml(m.config());
     ASSERT_TRUE(write_checkpoint_shard(dir, 0, 1, shards, meta).ok());
@@ -570,7 +579,7 @@ TEST_F(HfCheckpointTest, ExportRefusesCheckpointsThatDoNotMatchTheirConfig) {
 
   std::vector<TensorShard> shards;
   for (model::Parameter* p : m->parameters()) {
-    if (p->name != "layers.2.attn.wkv_b.weight") shards.push_back({p->name, p->value});
+    if (p->name != "layers.2.attn.wkv_b.weight") shards.push_back(whole(p->name, p->value));
   }
   CheckpointMeta meta;
   meta.text["config"] = model::model_config_to_yaml(m->config());
@@ -655,7 +664,7 @@ TEST_F(HfCheckpointTest, DenseStudentsRoundTripBitIdentically) {
     std::vector<TensorShard> shards;
     uint32_t seed = 0;
     for (const model::DenseParameterInfo& p : model::dense_parameters(c)) {
-      shards.push_back({p.name, random_f32(p.shape, ++seed)});
+      shards.push_back(whole(p.name, random_f32(p.shape, ++seed)));
     }
     CheckpointMeta meta;
     meta.text["config"] = model::dense_config_to_yaml(c);
@@ -704,7 +713,7 @@ TEST_F(HfCheckpointTest, TiedStudentAcceptsAnLmHeadCopyOnlyWhenEqual) {
   std::vector<TensorShard> shards;
   uint32_t seed = 100;
   for (const model::DenseParameterInfo& p : model::dense_parameters(c)) {
-    shards.push_back({p.name, random_f32(p.shape, ++seed)});
+    shards.push_back(whole(p.name, random_f32(p.shape, ++seed)));
   }
   CheckpointMeta meta;
   meta.text["config"] = model::dense_config_to_yaml(c);

@@ -674,6 +674,12 @@ absl::StatusOr<ConvertReport> convert_fathom_to_hf(const std::string& checkpoint
                                                    const HfExportOptions& options) {
   FATHOM_ASSIGN_OR_RETURN(SavedModelConfig saved, read_saved_model_config(checkpoint_dir));
   if (saved.dense.has_value()) {
+    // DeepSeek's release quantizes V3's linears; the students are published in BF16.
+    if (options.fp8) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          checkpoint_dir, ": --fp8 export applies to DeepSeek-V3 checkpoints, not to dense "
+          "students (export them with --dtype bf16 or f32)"));
+    }
     return export_hf_dense(checkpoint_dir, *saved.dense, out_dir, options);
   }
   return export_hf_v3(checkpoint_dir, *saved.v3, out_dir, options);

@@ -671,6 +671,12 @@ TEST_F(HfCheckpointTest, DenseStudentsRoundTripBitIdentically) {
     const std::string ckpt = path(arch + "-ckpt");
     ASSERT_TRUE(write_checkpoint_shard(ckpt, 0, 1, shards, meta).ok());
     HfExportOptions options;
+    options.fp8 = true;  // V3 only: refused for a student, naming the option
+    absl::StatusOr<ConvertReport> refused =
+        convert_fathom_to_hf(ckpt, path(arch + "-hf-fp8"), options);
+    ASSERT_FALSE(refused.ok());
+    EXPECT_THAT(std::string(refused.status().message()), HasSubstr("--fp8 export applies to"));
+    options.fp8 = false;
     options.max_shard_bytes = 8000;
     absl::StatusOr<ConvertReport> out = convert_fathom_to_hf(ckpt, path(arch + "-hf"), options);
     ASSERT_TRUE(out.ok()) << out.status();

@@ -68,7 +68,8 @@ CheckpointState checkpoint_state(TrainModel& model, ZeroAdamW& optimizer, int dp
     state.read.push_back(shard);
   }
   for (const TensorShard& m : optimizer.moment_shards()) {
-    // "optim.m.<parameter>": stored by the pipeline rank that stores the parameter.
+    // "optim.m.<parameter>" / "optim.v.<parameter>" (prefixes of equal length): stored by the
+    // pipeline rank that stores the parameter.
     if (model.stores(m.name.substr(std::string("optim.m.").size()))) state.write.push_back(m);
     state.read.push_back(m);
   }

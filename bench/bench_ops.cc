@@ -1,4 +1,4 @@
-// bench_ops: GB/s of the memory-bound ops (RMSNorm, SwiGLU, AdamW) next to the machine's
+// bench_ops: GB/s of the memory-bound ops (RMSNorm, SwiGLU, FP8 block quantization, AdamW) next to the machine's
 // memory bandwidth measured in this run (a STREAM-style triad), and GFLOP/s of the fused linear
 // cross-entropy (its cost is the head GEMM). With --gpu: the same ops on the GPU, next to a
 // device-to-device copy.
@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "bench/bench_util.h"
+#include "kernels/fp8.h"
 #include "kernels/ops.h"
 
 namespace fathom::bench {
@@ -81,6 +82,16 @@ std::vector<OpCase> memory_bound_cases(Device device, int64_t rows, int64_t dim)
     cases.push_back({"swiglu bwd" + suffix, 5 * n * e, [=]() mutable {
                        swiglu_backward(dy, x, x2, dx, dx2);
                      }});
+    // FP8 (SPEC.md section 2): activations per 1x128 tile, weights per 128x128 block; reads x,
+    // writes one byte per value (scales are 1/128 or 1/16384 of that).
+    for (ScaleBlock block : {ScaleBlock::k1x128, ScaleBlock::k128x128}) {
+      const std::string b = block == ScaleBlock::k1x128 ? " 1x128" : " 128x128";
+      Fp8Tensor q = quantize_fp8(x, block);
+      cases.push_back({"fp8 quantize" + b + suffix, n * (e + 1),
+                       [=]() mutable { quantize_fp8_into(x, q); }});
+      cases.push_back({"fp8 dequantize" + b + suffix, n * (1 + e),
+                       [=]() mutable { dequantize_fp8(q, y); }});
+    }
   }
   for (DType moments : {DType::kF32, DType::kBF16}) {
     Tensor p = random_tensor({n}, DType::kF32, 5).to(device);

@@ -11,6 +11,9 @@
 #include "trainer/checkpoint.h"
 
 namespace fathom::trainer {
+
+// The eps of HF's q_a_layernorm / kv_a_layernorm (DeepseekV3RMSNorm's default).
+constexpr double kLatentNormEps = 1e-6;
 namespace {
 
 namespace fs = std::filesystem;
@@ -123,6 +126,15 @@ absl::StatusOr<model::ModelConfig> v3_config_from_hf(const json& config, std::st
   r.integer("max_position_embeddings", &c.max_seq_len);
   r.real("rope_theta", &c.rope_theta, /*required=*/false);
   r.real("rms_norm_eps", &c.norm_eps, /*required=*/false);
+  // Fathom applies norm_eps to every RMSNorm; HF's DeepseekV3 (and DeepSeek's inference code)
+  // build q_a_layernorm and kv_a_layernorm with eps 1e-6 whatever rms_norm_eps says, so only
+  // 1e-6 means the same model to both.
+  if (c.norm_eps != kLatentNormEps) {
+    r.fail("rms_norm_eps",
+           absl::StrCat("must be 1e-06 (HF uses 1e-06 for q_a_layernorm and kv_a_layernorm "
+                        "whatever rms_norm_eps says, fathom one eps for every norm), got ",
+                        c.norm_eps));
+  }
   r.real("initializer_range", &c.init_std, /*required=*/false);
   r.real("aux_loss_alpha", &c.balance_loss_alpha, /*required=*/false);
   c.mtp_depth = 0;
@@ -343,6 +355,12 @@ absl::StatusOr<ConvertReport> export_hf_v3(const std::string& checkpoint_dir,
                                            const model::ModelConfig& config,
                                            const std::string& out_dir,
                                            const HfExportOptions& options) {
+  if (config.norm_eps != kLatentNormEps) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        checkpoint_dir, ": model.norm_eps is ", config.norm_eps,
+        "; the Hugging Face DeepSeek-V3 layout needs 1e-06 (HF uses 1e-06 for q_a_layernorm and "
+        "kv_a_layernorm whatever rms_norm_eps says, so another eps would change the model)"));
+  }
   return export_with_map(checkpoint_dir, out_dir, v3_tensor_map(config), v3_config_to_hf(config),
                          options, "DeepSeek-V3");
 }

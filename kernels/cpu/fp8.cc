@@ -73,8 +73,12 @@ void quantize_128x128(const T* x, int64_t batch, int64_t m, int64_t k, bool pow2
     for (int64_t b = 0; b < kb; ++b) block_scales[b] = block_scale(amax[b], pow2);
     for (int64_t r = row0; r < row1; ++r) {
       const int64_t offset = (g * m + r) * k;
-      for (int64_t i = 0; i < k; ++i) {
-        q[offset + i] = float_to_fp8e4m3(to_float(x[offset + i]) / block_scales[i / kBlock]);
+      for (int64_t b = 0; b < kb; ++b) {
+        const float scale = block_scales[b];
+        const int64_t end = offset + std::min(k, (b + 1) * kBlock);
+        for (int64_t i = offset + b * kBlock; i < end; ++i) {
+          q[i] = float_to_fp8e4m3(to_float(x[i]) / scale);
+        }
       }
     }
   }

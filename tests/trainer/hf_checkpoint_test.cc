@@ -234,6 +234,9 @@ TEST_F(HfCheckpointTest, V3ConfigInconsistenciesAreErrorsNamingTheKey) {
               AllOf(HasSubstr("n_expert_groups"), HasSubstr("must divide")));
   EXPECT_THAT(error([](json& j) { j["tie_word_embeddings"] = true; }),
               HasSubstr("tie_word_embeddings"));
+  // HF's latent norms use 1e-6 whatever rms_norm_eps says (found by hf_reference_test).
+  EXPECT_THAT(error([](json& j) { j["rms_norm_eps"] = 1e-5; }),
+              AllOf(HasSubstr("rms_norm_eps"), HasSubstr("q_a_layernorm")));
 }
 
 TEST_F(HfCheckpointTest, V3TensorMapCoversEveryParameterAndBuffer) {
@@ -588,6 +591,14 @@ TEST_F(HfCheckpointTest, ExportRefusesCheckpointsThatDoNotMatchTheirConfig) {
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(std::string(r.status().message()),
               AllOf(HasSubstr("missing tensors"), HasSubstr("'layers.2.attn.wkv_b.weight'")));
+
+  // A norm eps other than 1e-6 would mean another model to HF's latent norms.
+  model::ModelConfig eps = m->config();
+  eps.norm_eps = 1e-5;
+  r = export_hf_v3(path("extra"), eps, path("hf3"), {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("model.norm_eps is 1e-05"));
+  EXPECT_FALSE(fs::exists(path("hf3")));
 }
 
 // ---- dense students ----

@@ -1,11 +1,13 @@
 // FP8 E4M3 block quantization on the host. Must stay bit-identical to kernels/cuda/: the amax is
 // an fmaxf reduction of |x| (order does not matter for max), scale = amax / 448 in f32, and each
-// element is float_to_fp8e4m3(x / scale) with IEEE division and saturation.
+// element is float_to_fp8e4m3(x / scale) with IEEE division and saturation (here through the
+// branch-free encode_e4m3_saturating, equal to it for every float).
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "kernels/cpu/fp8_dequant.h"
+#include "kernels/cpu/fp8_encode.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/dtype.h"
 
@@ -30,6 +32,29 @@ float block_scale(float amax, bool pow2) {
   return scale;
 }
 
+// fmaxf(amax, |v|) for an amax that is not NaN (it starts at 0 and fmaxf never returns NaN
+// then): a NaN v compares false and is skipped, as fmaxf skips it.
+inline float max_abs(float amax, float v) {
+  const float a = std::fabs(v);
+  return a > amax ? a : amax;
+}
+
+// The fmaxf reduction of |x[0, n)| from 0. Eight running maxima, merged at the end, let the
+// compiler vectorise it (a max does not depend on the order).
+template <typename T>
+float block_amax(const T* x, int64_t n) {
+  constexpr int kLanes = 8;
+  float lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) lanes[j] = max_abs(lanes[j], to_float(x[i + j]));
+  }
+  for (; i < n; ++i) lanes[0] = max_abs(lanes[0], to_float(x[i]));
+  float amax = 0.0f;
+  for (float lane : lanes) amax = max_abs(amax, lane);
+  return amax;
+}
+
 template <typename T>
 void quantize_1x128(const T* x, int64_t rows, int64_t k, bool pow2, fp8e4m3* q, float* scales) {
   const int64_t kb = (k + kBlock - 1) / kBlock;
@@ -38,11 +63,11 @@ void quantize_1x128(const T* x, int64_t rows, int64_t k, bool pow2, fp8e4m3* q, 
     for (int64_t b = 0; b < kb; ++b) {
       const int64_t begin = r * k + b * kBlock;
       const int64_t end = r * k + std::min(k, (b + 1) * kBlock);
-      float amax = 0.0f;
-      for (int64_t i = begin; i < end; ++i) amax = std::fmax(amax, std::fabs(to_float(x[i])));
-      const float scale = block_scale(amax, pow2);
+      const float scale = block_scale(block_amax(x + begin, end - begin), pow2);
       scales[r * kb + b] = scale;
-      for (int64_t i = begin; i < end; ++i) q[i] = float_to_fp8e4m3(to_float(x[i]) / scale);
+      for (int64_t i = begin; i < end; ++i) {
+        q[i].bits = encode_e4m3_saturating(to_float(x[i]) / scale);
+      }
     }
   }
 }
@@ -62,11 +87,8 @@ void quantize_128x128(const T* x, int64_t batch, int64_t m, int64_t k, bool pow2
     for (int64_t r = row0; r < row1; ++r) {
       const T* row = x + (g * m + r) * k;
       for (int64_t b = 0; b < kb; ++b) {
-        float a = amax[b];
-        for (int64_t i = b * kBlock; i < std::min(k, (b + 1) * kBlock); ++i) {
-          a = std::fmax(a, std::fabs(to_float(row[i])));
-        }
-        amax[b] = a;
+        const int64_t begin = b * kBlock;
+        amax[b] = max_abs(amax[b], block_amax(row + begin, std::min(k, begin + kBlock) - begin));
       }
     }
     float* block_scales = scales + task * kb;
@@ -77,7 +99,7 @@ void quantize_128x128(const T* x, int64_t batch, int64_t m, int64_t k, bool pow2
         const float scale = block_scales[b];
         const int64_t end = offset + std::min(k, (b + 1) * kBlock);
         for (int64_t i = offset + b * kBlock; i < end; ++i) {
-          q[i] = float_to_fp8e4m3(to_float(x[i]) / scale);
+          q[i].bits = encode_e4m3_saturating(to_float(x[i]) / scale);
         }
       }
     }

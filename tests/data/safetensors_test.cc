@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/reference/python.h"
 
 namespace fathom::data {
 namespace {
@@ -21,7 +22,8 @@ namespace fs = std::filesystem;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 
-constexpr const char* kPython = "/usr/bin/python3";
+using ::fathom::testing::kPython;
+using ::fathom::testing::python_has_numpy;
 
 fs::path source_dir() { return fs::path(FATHOM_SOURCE_DIR); }
 
@@ -116,7 +118,7 @@ TEST_F(SafetensorsTest, WriteThenReadIsBitIdenticalForEveryDtype) {
 
 TEST_F(SafetensorsTest, FilesFromAnIndependentNumpyWriterLoad) {
   const fs::path script = source_dir() / "tests/reference/make_safetensors_fixture.py";
-  if (!fs::exists(kPython) || std::system(absl::StrCat(kPython, " -c 'import numpy'").c_str())) {
+  if (!python_has_numpy()) {
     GTEST_SKIP() << kPython << " with numpy is needed (apt-get install python3-numpy)";
   }
   const std::string path = (dir_ / "numpy.safetensors").string();

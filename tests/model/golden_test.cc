@@ -21,37 +21,19 @@
 #include "model/precision.h"
 #include "tests/model/presets.h"
 #include "tests/reference/npy.h"
+#include "tests/reference/python.h"
 
 namespace fathom::model {
 namespace {
 
 namespace fs = std::filesystem;
+using ::fathom::testing::kPython;
 using ::fathom::testing::NpyArray;
+using ::fathom::testing::python_has_torch;
+using ::fathom::testing::run_command;
 using ::fathom::testing::read_npy;
 using ::fathom::testing::write_npy;
 
-constexpr const char* kPython = "/usr/bin/python3";
-
-// Whether kPython has torch and numpy installed (found without importing torch, which takes ~1 s).
-bool torch_available() {
-  static const bool available =
-      std::system((std::string(kPython) +
-                   " -c 'import importlib.util as u, sys; "
-                   "sys.exit(not (u.find_spec(\"torch\") and u.find_spec(\"numpy\")))' "
-                   ">/dev/null 2>&1")
-                      .c_str()) == 0;
-  return available;
-}
-
-// Runs `command` through the shell; returns its exit status and puts stdout + stderr in *output.
-int run_command(const std::string& command, std::string* output) {
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return -1;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) output->append(buf, n);
-  return pclose(pipe);
-}
 
 // A fresh directory under the system temp dir, removed with everything in it at scope exit.
 class TempDir {
@@ -123,7 +105,7 @@ void expect_loss_close(const char* name, double got, double want, double rtol, d
 // matrices, random router bias), runs forward_backward and logits, runs the reference on the same
 // inputs and compares everything.
 void check_against_reference(ModelConfig config, int64_t batch, int64_t seq, uint64_t seed) {
-  if (!torch_available()) {
+  if (!python_has_torch()) {
     GTEST_SKIP() << kPython << " cannot import torch and numpy (apt-get install python3-torch "
                  << "python3-numpy)";
   }

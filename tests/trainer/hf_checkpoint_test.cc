@@ -23,6 +23,7 @@
 #include "kernels/fp8.h"
 #include "model/dense_config.h"
 #include "tests/reference/npy.h"
+#include "tests/reference/python.h"
 #include "trainer/checkpoint.h"
 #include "trainer/hf_dense.h"
 
@@ -43,7 +44,8 @@ using nlohmann::json;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 
-constexpr const char* kPython = "/usr/bin/python3";
+using ::fathom::testing::kPython;
+using ::fathom::testing::python_has_numpy;
 
 std::string source_path(const std::string& relative) {
   return std::string(FATHOM_SOURCE_DIR) + "/" + relative;
@@ -392,7 +394,7 @@ class Fp8FixtureTest : public HfCheckpointTest {
  protected:
   void SetUp() override {
     HfCheckpointTest::SetUp();
-    if (!fs::exists(kPython) || std::system(absl::StrCat(kPython, " -c 'import numpy'").c_str())) {
+    if (!python_has_numpy()) {
       GTEST_SKIP() << kPython << " with numpy is needed (apt-get install python3-numpy)";
     }
     const std::string cmd =

@@ -25,6 +25,7 @@
 #include "model/config.h"
 #include "model/deepseek_v3.h"
 #include "tests/reference/npy.h"
+#include "tests/reference/python.h"
 #include "trainer/checkpoint.h"
 #include "trainer/hf_checkpoint.h"
 #include "trainer/hf_convert.h"
@@ -33,12 +34,14 @@ namespace fathom::trainer {
 namespace {
 
 namespace fs = std::filesystem;
+using ::fathom::testing::kPython;
 using ::fathom::testing::NpyArray;
+using ::fathom::testing::python_has_torch;
+using ::fathom::testing::run_command;
 using ::fathom::testing::read_npy;
 using ::fathom::testing::write_npy;
 using ::testing::HasSubstr;
 
-constexpr const char* kPython = "/usr/bin/python3";
 constexpr int64_t kBatch = 2;
 constexpr int64_t kSeq = 12;
 
@@ -46,26 +49,6 @@ std::string source_path(const std::string& relative) {
   return std::string(FATHOM_SOURCE_DIR) + "/" + relative;
 }
 
-// Whether kPython has torch and numpy (found without importing torch, which takes ~1 s).
-bool torch_available() {
-  static const bool available =
-      std::system((std::string(kPython) +
-                   " -c 'import importlib.util as u, sys; "
-                   "sys.exit(not (u.find_spec(\"torch\") and u.find_spec(\"numpy\")))' "
-                   ">/dev/null 2>&1")
-                      .c_str()) == 0;
-  return available;
-}
-
-// Runs `command` through the shell; returns its exit status, stdout + stderr in *output.
-int run_command(const std::string& command, std::string* output) {
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return -1;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) output->append(buf, n);
-  return pclose(pipe);
-}
 
 model::ModelConfig tiny_config() {
   absl::StatusOr<model::ModelConfig> c =
@@ -165,7 +148,7 @@ Comparison compare(const std::vector<float>& got, const std::vector<double>& ref
 class HfReferenceTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!torch_available()) {
+    if (!python_has_torch()) {
       GTEST_SKIP() << kPython << " cannot import torch and numpy (apt-get install python3-torch "
                    << "python3-numpy)";
     }

@@ -42,8 +42,11 @@ class TrainModel::ChunkWorker final : public pipeline::StageWorker {
     micro_batches_ = micro_batches;
     scale_ = scale;
     losses_ = {};
+    per_micro_batch_.clear();
   }
   const model::Losses& losses() const { return losses_; }
+  // This chunk's unscaled losses of each micro-batch it ran forward.
+  const std::map<int, model::Losses>& per_micro_batch() const { return per_micro_batch_; }
 
   Tensor forward(int micro_batch, const Tensor& input) override {
     FATHOM_CHECK(micro_batch >= 0 && micro_batch < static_cast<int>(micro_batches_.size()))
@@ -54,6 +57,7 @@ class TrainModel::ChunkWorker final : public pipeline::StageWorker {
     // The two halves of an overlapped forward+backward may run on two threads.
     std::lock_guard<std::mutex> lock(mutex_);
     add_scaled(losses_, l, scale_);
+    per_micro_batch_[micro_batch] = l;
     passes_.emplace(micro_batch, std::move(pass));
     return output;
   }
@@ -79,6 +83,7 @@ class TrainModel::ChunkWorker final : public pipeline::StageWorker {
   std::mutex mutex_;
   std::map<int, model::DeepSeekV3::StagePass> passes_;
   model::Losses losses_;
+  std::map<int, model::Losses> per_micro_batch_;
 };
 
 // Parameters whose copies live on the same pipeline ranks, and the communicator over those ranks.
@@ -268,6 +273,15 @@ model::Losses TrainModel::forward_backward(absl::Span<const Tensor> micro_batche
   parallel::all_reduce_sync(*groups_.pp, t);
   parts = t.to_floats();
   return {parts[0], parts[1], parts[2], parts[3], static_cast<int64_t>(parts[4])};
+}
+
+std::map<int, model::Losses> TrainModel::last_stage_losses() const {
+  std::map<int, model::Losses> out;
+  for (size_t c = 0; c < workers_.size(); ++c) {
+    if (!chunks_[c]->last_stage()) continue;
+    for (const auto& [micro_batch, l] : workers_[c]->per_micro_batch()) out[micro_batch] = l;
+  }
+  return out;
 }
 
 void TrainModel::sum_copies() {

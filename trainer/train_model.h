@@ -55,6 +55,10 @@ class TrainModel {
   // losses; with pp > 1 they are summed over the stages, identical on every pipeline rank.
   model::Losses forward_backward(absl::Span<const Tensor> micro_batches,
                                  ZeroAdamW* early_reduce);
+  // pp > 1: the losses of the last forward_backward's micro-batches whose last stage ran on
+  // this rank (by micro-batch id, unscaled, exactly as the last stage computed them; lm and mtp
+  // are whole there, balance is the last stage's share).
+  std::map<int, model::Losses> last_stage_losses() const;
   // After the optimizer step: refresh the second local copies from the updated first ones.
   void after_step();
 

@@ -1,6 +1,6 @@
 // Pipeline parallelism with real model chunks (issue 5): every schedule, run by the pipeline
 // executor over all ranks of the world (pp = world size), computes the non-pipelined model's
-// losses and gradients. 1F1B and ZB1P accumulate each stage's micro-batches in the serial order,
+// losses and gradients. Every micro-batch's loss is bit-identical to the serial model's. 1F1B and ZB1P accumulate each stage's micro-batches in the serial order,
 // so their gradients are bit-identical (except the embedding, whose two copies are summed);
 // DualPipe and DualPipeV interleave the two directions' micro-batches, so theirs agree to
 // rounding. The overlapped forward+backward pairs give the same bits with and without threads.
@@ -70,6 +70,7 @@ std::vector<Tensor> micro_batches(const RunConfig& c, uint32_t seed) {
 
 struct Reference {
   model::Losses losses;
+  std::vector<model::Losses> per_micro_batch;
   std::map<std::string, std::vector<float>> grads;
 };
 
@@ -83,6 +84,7 @@ Reference serial_reference(const RunConfig& c, const std::vector<Tensor>& batche
     const model::Losses l = whole.forward_backward(b, scale);
     ref.losses.total += l.total * scale;
     ref.losses.lm += l.lm * scale;
+    ref.per_micro_batch.push_back(l);
   }
   for (model::Parameter* p : whole.parameters()) ref.grads[p->name] = p->grad.to_floats();
   return ref;
@@ -90,6 +92,7 @@ Reference serial_reference(const RunConfig& c, const std::vector<Tensor>& batche
 
 struct PipelineRun {
   model::Losses losses;
+  std::map<int, model::Losses> last_stage;  // micro-batches whose loss this rank computed
   std::map<std::string, std::vector<float>> grads;  // every copy on this rank, by name
   parallel::pipeline::ExecutorStats stats;
 };
@@ -102,6 +105,7 @@ PipelineRun run_pipeline(const RunConfig& c, const std::vector<Tensor>& batches)
   set_biases(model.buffers());
   PipelineRun run;
   run.losses = model.forward_backward(batches, nullptr);
+  run.last_stage = model.last_stage_losses();
   run.stats = model.pipeline_stats();
   for (model::Parameter* p : model.all_copies()) {
     const std::vector<float> g = p->grad.to_floats();
@@ -123,7 +127,18 @@ void expect_matches_serial(ScheduleKind kind, bool bitwise) {
   const Reference ref = serial_reference(c, batches);
   const PipelineRun run = run_pipeline(c, batches);
   const std::string what(parallel::pipeline::schedule_kind_name(kind));
-  // Losses cross the pipeline group in f32.
+  // Each micro-batch's loss is computed by its last stage exactly as the serial model computes
+  // it (SPEC: loss bit-exact); the step's mean crosses the pipeline group in f32.
+  for (const auto& [micro_batch, l] : run.last_stage) {
+    const model::Losses& want = ref.per_micro_batch[micro_batch];
+    EXPECT_EQ(l.lm, want.lm) << what << " micro-batch " << micro_batch;
+    EXPECT_EQ(l.mtp, want.mtp) << what << " micro-batch " << micro_batch;
+  }
+  Tensor computed = Tensor::from_vector(
+      std::vector<int64_t>{static_cast<int64_t>(run.last_stage.size())}, {1});
+  parallel::all_reduce_sync(parallel::world_communicator(), computed);
+  EXPECT_EQ(computed.to_vector<int64_t>()[0], c.train.grad_accum)
+      << what << ": every micro-batch's loss, once";
   EXPECT_NEAR(run.losses.total, ref.losses.total, 1e-6 * ref.losses.total) << what;
   EXPECT_NEAR(run.losses.lm, ref.losses.lm, 1e-6 * ref.losses.lm) << what;
   ASSERT_FALSE(run.grads.empty());

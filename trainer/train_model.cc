@@ -169,7 +169,9 @@ TrainModel::TrainModel(const RunConfig& config, Device device, parallel::Process
       }
     }
     std::sort(group->params.begin(), group->params.end(),
-              [](const model::Parameter* a, const model::Parameter* b) { return a->name < b->name; });
+              [](const model::Parameter* a, const model::Parameter* b) {
+                return a->name < b->name;
+              });
     copy_groups_.push_back(std::move(group));
   }
 

@@ -1,6 +1,7 @@
 // Pipeline parallelism with real model chunks (issue 5): every schedule, run by the pipeline
 // executor over all ranks of the world (pp = world size), computes the non-pipelined model's
-// losses and gradients. Every micro-batch's loss is bit-identical to the serial model's. 1F1B and ZB1P accumulate each stage's micro-batches in the serial order,
+// losses and gradients. Every micro-batch's loss is bit-identical to the serial model's. 1F1B
+// and ZB1P accumulate each stage's micro-batches in the serial order,
 // so their gradients are bit-identical (except the embedding, whose two copies are summed);
 // DualPipe and DualPipeV interleave the two directions' micro-batches, so theirs agree to
 // rounding. The overlapped forward+backward pairs give the same bits with and without threads.
@@ -158,7 +159,9 @@ void expect_matches_serial(ScheduleKind kind, bool bitwise) {
   }
 }
 
-TEST(PipelineTest, OneFOneBEqualsSerialBitForBit) { expect_matches_serial(ScheduleKind::k1F1B, true); }
+TEST(PipelineTest, OneFOneBEqualsSerialBitForBit) {
+  expect_matches_serial(ScheduleKind::k1F1B, true);
+}
 TEST(PipelineTest, ZeroBubbleEqualsSerialBitForBit) {
   expect_matches_serial(ScheduleKind::kZB1P, true);
 }
@@ -166,7 +169,9 @@ TEST(PipelineTest, DualPipeEqualsSerial) {
   if (parallel::world_communicator().size() % 2 != 0) GTEST_SKIP() << "DualPipe needs even P";
   expect_matches_serial(ScheduleKind::kDualPipe, false);
 }
-TEST(PipelineTest, DualPipeVEqualsSerial) { expect_matches_serial(ScheduleKind::kDualPipeV, false); }
+TEST(PipelineTest, DualPipeVEqualsSerial) {
+  expect_matches_serial(ScheduleKind::kDualPipeV, false);
+}
 
 // The overlapped pairs run on two threads (pp2 x dp2 with ep2, so there is an all-to-all to
 // hide); the result must not depend on it, and the pairs must have run concurrently.

@@ -1,10 +1,10 @@
 // Pipeline parallelism with real model chunks (issue 5): every schedule, run by the pipeline
 // executor over all ranks of the world (pp = world size), computes the non-pipelined model's
 // losses and gradients. Every micro-batch's loss is bit-identical to the serial model's. 1F1B
-// and ZB1P accumulate each stage's micro-batches in the serial order,
-// so their gradients are bit-identical (except the embedding, whose two copies are summed);
-// DualPipe and DualPipeV interleave the two directions' micro-batches, so theirs agree to
-// rounding. The overlapped forward+backward pairs give the same bits with and without threads.
+// and ZB1P accumulate each stage's micro-batches in the serial order, so their gradients are
+// bit-identical (except the embedding, whose two copies are summed); DualPipe and DualPipeV
+// interleave the two directions' micro-batches, so theirs agree to rounding. The overlapped
+// forward+backward pairs give the same bits with and without threads.
 // The embedding has a copy on the first and on the last stage; the model's stage split
 // (model/deepseek_v3.h) gives the last stage fewer blocks since it runs the MTP module.
 #include <gtest/gtest.h>

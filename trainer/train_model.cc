@@ -407,7 +407,8 @@ EvalResult TrainModel::evaluate(const EvalSet& set, int64_t batch) {
       const int to = schedule_->locate(s + 1, 0).rank;
       if (to != me) groups_.pp->send(h, to, s + 1)->wait();
     }
-    // Not the last stage: placeholder logits, replaced by the owner's result below.
+    // This rank does not hold the last stage: zero logits of the right shape; every rank takes
+    // the last stage's result from the broadcast below.
     *losses = {};
     return Tensor::zeros({rows, config_.model.vocab_size}, DType::kF32, chunks_[0]->device());
   };

@@ -355,6 +355,14 @@ absl::StatusOr<ConvertReport> export_hf_v3(const std::string& checkpoint_dir,
                                            const model::ModelConfig& config,
                                            const std::string& out_dir,
                                            const HfExportOptions& options) {
+  if (config.score_func != model::ScoreFunc::kSigmoid) {
+    // transformers' DeepseekV3 and DeepSeek's modeling code score with sigmoid whatever
+    // scoring_func says: the export would load as another model.
+    return absl::InvalidArgumentError(absl::StrCat(
+        checkpoint_dir, ": model.score_func is softmax; the Hugging Face DeepSeek-V3 layout's "
+        "router is sigmoid-only, so the export would load as another model (V2-style softmax "
+        "models belong in HF's deepseek_v2 layout, which fathom does not write)"));
+  }
   if (config.norm_eps != kLatentNormEps) {
     return absl::InvalidArgumentError(absl::StrCat(
         checkpoint_dir, ": model.norm_eps is ", config.norm_eps,

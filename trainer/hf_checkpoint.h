@@ -76,6 +76,8 @@ absl::StatusOr<ConvertReport> import_hf_v3(const std::string& hf_dir, const std:
                                            const HfImportOptions& options);
 // fathom checkpoint of a model with `config` -> HF directory (see export_with_map()). A softmax
 // model (greedy routing has no bias) needs all router biases zero: InvalidArgument otherwise.
+// Refused (InvalidArgument naming the key): softmax scoring (HF's DeepSeek-V3 router is
+// sigmoid-only) and a norm eps other than 1e-6 (HF's latent norms always use 1e-6).
 absl::StatusOr<ConvertReport> export_hf_v3(const std::string& checkpoint_dir,
                                            const model::ModelConfig& config,
                                            const std::string& out_dir,

@@ -601,6 +601,13 @@ TEST_F(HfCheckpointTest, ExportRefusesCheckpointsThatDoNotMatchTheirConfig) {
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("model.norm_eps is 1e-05"));
   EXPECT_FALSE(fs::exists(path("hf3")));
+  // HF's DeepSeek-V3 router is sigmoid-only: a softmax model would load as another model.
+  model::ModelConfig softmax = m->config();
+  softmax.score_func = model::ScoreFunc::kSoftmax;
+  r = export_hf_v3(path("extra"), softmax, path("hf4"), {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("model.score_func is softmax"));
+  EXPECT_FALSE(fs::exists(path("hf4")));
 }
 
 // ---- dense students ----

@@ -197,44 +197,34 @@ absl::StatusOr<model::ModelConfig> v3_config_from_hf(const json& config, std::st
            absl::StrCat("expected \"sigmoid\" or \"softmax\", got \"", scoring, "\""));
   }
 
-  if (r.has("rope_scaling")) {
-    const json& s = config["rope_scaling"];
-    JsonConfigReader y(s, absl::StrCat(std::string(source), ": rope_scaling"));
-    if (!s.is_object()) {
-      r.fail("rope_scaling", absl::StrCat("expected an object or null, got ", s.dump()));
-    } else {
-      std::string type;
-      if (y.has("type")) {
-        y.string("type", &type);
-      } else {
-        y.string("rope_type", &type);
-      }
-      if (type != "yarn") {
-        y.fail("type", absl::StrCat("expected \"yarn\", got \"", type, "\""));
-      }
-      y.real("factor", &c.rope_factor);
-      y.integer("original_max_position_embeddings", &c.original_seq_len);
-      y.real("beta_fast", &c.beta_fast, /*required=*/false);
-      y.real("beta_slow", &c.beta_slow, /*required=*/false);
-      double mscale = 1.0, mscale_all_dim = 1.0;
-      y.real("mscale", &mscale, /*required=*/false);
-      y.real("mscale_all_dim", &mscale_all_dim, /*required=*/false);
-      if (mscale != mscale_all_dim) {
-        y.fail("mscale",
-               absl::StrCat("must equal mscale_all_dim (", mscale_all_dim, "), got ", mscale,
-                            ": fathom scales the softmax by (0.1 mscale ln(factor)"
-                            " + 1)^2 and leaves cos/sin unscaled"));
-      }
-      c.mscale = mscale_all_dim;
-      if (c.max_seq_len <= c.original_seq_len) {
-        y.fail("original_max_position_embeddings",
-               absl::StrCat("must be less than max_position_embeddings (", c.max_seq_len, "), got ",
-                            c.original_seq_len,
-                            ": fathom (like DeepSeek's reference) applies YaRN only beyond the "
-                            "original length"));
-      }
-      FATHOM_RETURN_IF_ERROR(y.status());
+  if (std::optional<JsonConfigReader> rope = r.object("rope_scaling")) {
+    JsonConfigReader& y = *rope;
+    const std::string type = y.rope_type();
+    if (type != "yarn") {
+      y.fail("type", absl::StrCat("expected \"yarn\", got \"", type, "\""));
     }
+    y.real("factor", &c.rope_factor);
+    y.integer("original_max_position_embeddings", &c.original_seq_len);
+    y.real("beta_fast", &c.beta_fast, /*required=*/false);
+    y.real("beta_slow", &c.beta_slow, /*required=*/false);
+    double mscale = 1.0, mscale_all_dim = 1.0;
+    y.real("mscale", &mscale, /*required=*/false);
+    y.real("mscale_all_dim", &mscale_all_dim, /*required=*/false);
+    if (mscale != mscale_all_dim) {
+      y.fail("mscale",
+             absl::StrCat("must equal mscale_all_dim (", mscale_all_dim, "), got ", mscale,
+                          ": fathom scales the softmax by (0.1 mscale ln(factor)"
+                          " + 1)^2 and leaves cos/sin unscaled"));
+    }
+    c.mscale = mscale_all_dim;
+    if (c.max_seq_len <= c.original_seq_len) {
+      y.fail("original_max_position_embeddings",
+             absl::StrCat("must be less than max_position_embeddings (", c.max_seq_len, "), got ",
+                          c.original_seq_len,
+                          ": fathom (like DeepSeek's reference) applies YaRN only beyond the "
+                          "original length"));
+    }
+    FATHOM_RETURN_IF_ERROR(y.status());
   } else if (c.max_seq_len > c.original_seq_len) {
     c.original_seq_len = c.max_seq_len;  // no YaRN
   }

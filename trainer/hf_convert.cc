@@ -588,6 +588,22 @@ absl::StatusOr<json> read_config_json(const std::string& dir) {
   return config;
 }
 
+std::optional<JsonConfigReader> JsonConfigReader::object(const char* key) {
+  if (!has(key)) return std::nullopt;
+  const nlohmann::json& value = config_[key];
+  if (!value.is_object()) {
+    fail(key, absl::StrCat("expected an object or null, got ", value.dump()));
+    return std::nullopt;
+  }
+  return JsonConfigReader(value, absl::StrCat(source_, ": ", key));
+}
+
+std::string JsonConfigReader::rope_type() {
+  std::string type;
+  string(has("rope_type") ? "rope_type" : "type", &type);
+  return type;
+}
+
 void JsonConfigReader::fail(std::string_view key, std::string_view message) {
   errors_.push_back(absl::StrCat(source_, ": ", std::string(key), ": ", std::string(message)));
 }

@@ -111,6 +111,11 @@ class JsonConfigReader {
   void real(const char* key, double* out, bool required = true);
   void boolean(const char* key, bool* out, bool required = true);
   void string(const char* key, std::string* out, bool required = true);
+  // The nested object `key` (e.g. rope_scaling) as a reader of its own, whose errors name
+  // "<source>: <key>"; nullopt when absent or null, and a recorded problem when not an object.
+  std::optional<JsonConfigReader> object(const char* key);
+  // A rope_scaling object's kind: "rope_type", or the older spelling "type".
+  std::string rope_type();
   // Records a problem with `key`.
   void fail(std::string_view key, std::string_view message);
   const nlohmann::json& json() const { return config_; }

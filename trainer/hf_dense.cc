@@ -58,30 +58,20 @@ absl::StatusOr<DenseConfig> dense_config_from_hf(const json& config, std::string
   std::string act = "silu";
   r.string("hidden_act", &act, /*required=*/false);
   if (act != "silu") r.fail("hidden_act", absl::StrCat("expected \"silu\", got \"", act, "\""));
-  if (r.has("rope_scaling")) {
-    const json& s = config["rope_scaling"];
-    JsonConfigReader y(s, absl::StrCat(std::string(source), ": rope_scaling"));
-    if (!s.is_object()) {
-      r.fail("rope_scaling", absl::StrCat("expected an object or null, got ", s.dump()));
-    } else {
-      std::string rope_type;
-      if (y.has("rope_type")) {
-        y.string("rope_type", &rope_type);
-      } else {
-        y.string("type", &rope_type);
-      }
-      if (rope_type != "llama3") {
-        y.fail("rope_type", absl::StrCat("expected \"llama3\" (the only scaling the student "
-                                         "implements), got \"",
-                                         rope_type, "\""));
-      }
-      c.rope_scaling = model::DenseRopeScaling::kLlama3;
-      y.real("factor", &c.rope_factor);
-      y.real("low_freq_factor", &c.low_freq_factor);
-      y.real("high_freq_factor", &c.high_freq_factor);
-      y.integer("original_max_position_embeddings", &c.original_max_position_embeddings);
-      FATHOM_RETURN_IF_ERROR(y.status());
+  if (std::optional<JsonConfigReader> rope = r.object("rope_scaling")) {
+    JsonConfigReader& y = *rope;
+    const std::string rope_type = y.rope_type();
+    if (rope_type != "llama3") {
+      y.fail("rope_type", absl::StrCat("expected \"llama3\" (the only scaling the student "
+                                       "implements), got \"",
+                                       rope_type, "\""));
     }
+    c.rope_scaling = model::DenseRopeScaling::kLlama3;
+    y.real("factor", &c.rope_factor);
+    y.real("low_freq_factor", &c.low_freq_factor);
+    y.real("high_freq_factor", &c.high_freq_factor);
+    y.integer("original_max_position_embeddings", &c.original_max_position_embeddings);
+    FATHOM_RETURN_IF_ERROR(y.status());
   }
   FATHOM_RETURN_IF_ERROR(r.status());
   absl::Status valid = model::validate(c, "student");
